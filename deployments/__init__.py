@@ -1,0 +1,1 @@
+"""Ray Serve deployments of dflash-serve: the engine replica and the OpenAI ingress."""

@@ -1,0 +1,132 @@
+"""The engine replica: one vLLM ``AsyncLLM`` (target + DFlash drafter on one GPU) inside Serve.
+
+Requests arrive already validated by the ingress as vLLM protocol objects and are answered by
+vLLM's own OpenAI serving layer (chat template, ``chat_template_kwargs``, Gemma-4 reasoning and
+tool parsing, logprobs, stop, seed), so responses are byte-for-byte what ``vllm serve`` returns.
+
+Every call is an async generator of :data:`Reply` tuples, streamed back to the ingress chunk by
+chunk as the engine produces them (no batching window):
+
+* ``("error", status, body)`` — an OpenAI error, and nothing else follows;
+* ``("json", 200, body)`` — a whole non-streaming response;
+* ``("sse", 200, "data: ...\\n\\n")`` — one server-sent event; the last is ``data: [DONE]``.
+
+When the ingress cancels the call (its client went away), Serve cancels this generator and
+vLLM's generator aborts the request in the engine, freeing its KV blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+from deployments import parser_cache
+from deployments.engine_args import vllm_serve_argv
+from deployments.replica_stats import ReplicaStats, ReplicaStatsLogger
+from serve_app.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+Reply = tuple[str, int, Any]
+
+
+class EngineReplica:
+    """Serve deployment class; the builder wraps it with per-model options."""
+
+    async def __init__(self, model: ModelConfig) -> None:
+        from starlette.datastructures import State
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        parser_cache.install()
+        self._model_id = model.id
+        self._stats = ReplicaStats()
+        self._stats_lock = threading.Lock()
+        self._ongoing = 0
+
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(vllm_serve_argv(model))
+        validate_parsed_serve_args(args)
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        logger.info("starting engine for %s (speculative=%s)", model.id, model.speculative is not None)
+        self._engine = AsyncLLM.from_vllm_config(
+            vllm_config=vllm_config,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            stat_loggers=[ReplicaStatsLogger.factory(self._stats, self._stats_lock)],
+            enable_log_requests=False,
+            disable_log_stats=False,
+        )
+        state = State()
+        await init_app_state(self._engine, state, args, await self._engine.get_supported_tasks())
+        self._chat = state.openai_serving_chat
+        self._completion = state.openai_serving_completion
+        self._tokenizer = self._engine.renderer.tokenizer
+        logger.info("engine for %s ready", model.id)
+
+    async def chat(self, request: Any) -> AsyncIterator[Reply]:
+        async for reply in self._serve(self._chat.create_chat_completion(request, None)):
+            yield reply
+
+    async def completions(self, request: Any) -> AsyncIterator[Reply]:
+        async for reply in self._serve(self._completion.create_completion(request, None)):
+            yield reply
+
+    async def _serve(self, call: Awaitable[Any]) -> AsyncIterator[Reply]:
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        self._ongoing += 1
+        try:
+            try:
+                result = await call
+            except EngineDeadError:
+                raise  # not the client's fault: fail the replica's health check and let Serve retry
+            except Exception as exc:  # noqa: BLE001 - vLLM signals bad input with exceptions too
+                result = create_error_response(exc)
+            if isinstance(result, ErrorResponse):
+                yield ("error", int(result.error.code), result.model_dump(mode="json"))
+            elif hasattr(result, "model_dump"):
+                yield ("json", 200, result.model_dump(mode="json"))
+            else:
+                async for chunk in result:
+                    yield ("sse", 200, chunk)
+        finally:
+            self._ongoing -= 1
+
+    async def check_health(self) -> None:
+        """Serve's health probe: raises when the engine core has died, so Serve replaces us."""
+        await self._engine.check_health()
+
+    def stats(self) -> dict[str, float]:
+        """Load and DFlash counters, as reported to routers and the autoscaler."""
+        with self._stats_lock:
+            out = self._stats.as_dict()
+        out["ongoing_requests"] = float(self._ongoing)
+        # Requests the engine still tracks: drops to 0 only once aborted or finished requests are gone.
+        out["engine_unfinished_requests"] = float(self._engine.output_processor.get_num_unfinished_requests())
+        return out
+
+    def record_routing_stats(self) -> dict[str, float]:
+        return self.stats()
+
+    def metrics_text(self) -> str:
+        """This replica's vLLM Prometheus metrics (the ``vllm:`` families), for the ingress to sum."""
+        from prometheus_client import REGISTRY, generate_latest
+
+        return generate_latest(REGISTRY).decode()
+
+    def count_prompt_tokens(self, text: str) -> int:
+        """Tokens of ``text`` under this model's tokenizer (used by tests and tools)."""
+        return len(self._tokenizer.encode(text))
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.shutdown()

@@ -1,0 +1,87 @@
+"""Translate a :class:`~serve_app.config.ModelConfig` into a ``vllm serve`` command line.
+
+The engine replica parses this argv with vLLM's own ``vllm serve`` argument parser, so every
+setting means exactly what it means to ``vllm serve`` and an unknown or mistyped option fails at
+replica start with vLLM's message. The same argv launches a bare ``vllm serve`` for the overhead
+benchmark: both sides of that comparison run one engine configuration by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from serve_app.config import ModelConfig
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _option(name: str, value: Any) -> list[str]:
+    """One option as vLLM's parser expects it (booleans are ``--x`` / ``--no-x``)."""
+    if isinstance(value, bool):
+        return [_flag(name) if value else "--no-" + name.replace("_", "-")]
+    if isinstance(value, dict | list):
+        return [_flag(name), json.dumps(value)]
+    return [_flag(name), str(value)]
+
+
+def speculative_config(model: ModelConfig) -> dict[str, Any] | None:
+    """vLLM's ``--speculative-config`` for the model's DFlash drafter, or None for plain AR."""
+    spec = model.speculative
+    if spec is None:
+        return None
+    out: dict[str, Any] = {
+        "method": spec.method,
+        "model": spec.draft_model,
+        "num_speculative_tokens": spec.num_speculative_tokens,
+    }
+    if spec.attention_backend:
+        out["attention_backend"] = spec.attention_backend
+    return out
+
+
+def vllm_serve_argv(model: ModelConfig) -> list[str]:
+    """The arguments of ``vllm serve`` that reproduce this model's engine."""
+    eng = model.engine
+    argv = ["--model", model.target, "--served-model-name", model.id]
+    if model.tokenizer:
+        argv += ["--tokenizer", model.tokenizer]
+    options: dict[str, Any] = {
+        "max_model_len": eng.max_model_len,
+        "max_num_seqs": eng.max_num_seqs,
+        "max_num_batched_tokens": eng.max_num_batched_tokens,
+        "gpu_memory_utilization": eng.gpu_memory_utilization,
+        "enforce_eager": eng.enforce_eager,
+        "enable_prefix_caching": eng.enable_prefix_caching,
+        "dtype": eng.dtype,
+        "seed": eng.seed,
+    }
+    if eng.block_size is not None:
+        options["block_size"] = eng.block_size
+    if eng.attention_backend:
+        options["attention_backend"] = eng.attention_backend
+    if eng.reasoning_parser:
+        options["reasoning_parser"] = eng.reasoning_parser
+    if eng.tool_call_parser:
+        options["tool_call_parser"] = eng.tool_call_parser
+        options["enable_auto_tool_choice"] = True
+    spec = speculative_config(model)
+    if spec is not None:
+        options["speculative_config"] = spec
+    clashes = sorted(set(options) & set(eng.extra_engine_args))
+    if clashes:
+        raise ValueError(f"model {model.id!r}: extra_engine_args repeats {clashes}; set them in `engine` instead")
+    options |= eng.extra_engine_args
+    for name, value in options.items():
+        argv += _option(name, value)
+    return argv
+
+
+def engine_env(model: ModelConfig) -> dict[str, str]:
+    """Environment the engine process needs (set through the replica's runtime_env)."""
+    env: dict[str, str] = {}
+    if model.engine.cpu_kv_cache_space_gib is not None:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(model.engine.cpu_kv_cache_space_gib)
+    return env

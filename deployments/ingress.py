@@ -1,0 +1,323 @@
+"""The OpenAI-compatible HTTP front of dflash-serve.
+
+Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models[/{id}]``,
+``GET /health``, ``GET /metrics``. The ingress checks auth and the request (JSON, size, schema —
+vLLM's own protocol models, so it accepts exactly what ``vllm serve`` accepts), picks the model's
+engine deployment by the request's ``model`` and relays the engine's replies. Streaming chunks are
+forwarded the moment they arrive: no batching window sits between the engine and the client.
+Client mistakes get 4xx OpenAI errors; a request is never answered with a 500 for bad input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from ray import serve
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from deployments.errors import ApiError, error_body, from_validation_error
+from deployments.metrics_merge import merge_expositions
+from serve_app.config import AppConfig
+
+logger = logging.getLogger(__name__)
+
+app = FastAPI(title="dflash-serve", description="OpenAI-compatible endpoint for DFlash speculative decoding")
+
+_ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_DONE = "data: [DONE]\n\n"
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def _parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"Request body is not valid UTF-8 (byte {exc.start}).", code="invalid_encoding") from exc
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise ApiError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _check_messages(messages: Any) -> None:
+    """OpenAI's rules for ``messages`` that vLLM leaves to the chat template (it accepts any role)."""
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "`messages` must be a non-empty list.", param="messages", code="invalid_messages")
+    for i, msg in enumerate(messages):
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role not in CHAT_ROLES:
+            raise ApiError(
+                400,
+                f"Invalid role {role!r} in messages[{i}]; expected one of {sorted(CHAT_ROLES)}.",
+                param=f"messages.{i}.role",
+                code="invalid_role",
+            )
+
+
+def _protocol(kind: str) -> type:
+    if kind == "chat":
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        return ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    return CompletionRequest
+
+
+class _IngressMetrics:
+    """The ingress's own Prometheus series (per ingress replica)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "dflash_serve_requests",
+            "Requests answered by the ingress, by model, endpoint and HTTP status.",
+            ["model", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "dflash_serve_time_to_first_byte_seconds",
+            "Time from request arrival at the ingress to its first response byte.",
+            ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "dflash_serve_request_duration_seconds",
+            "Time from request arrival at the ingress to its last response byte.",
+            ["model", "endpoint"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+
+
+@serve.ingress(app)
+class Ingress:
+    """Serve ingress deployment; one FastAPI app per replica."""
+
+    def __init__(self, config: AppConfig, engines: dict[str, DeploymentHandle]) -> None:
+        self._config = config
+        self._engines = engines
+        self._models = {m.id: m for m in config.effective_models()}
+        self._metrics = _IngressMetrics()
+        self._created = int(time.time())
+        _protocol("chat"), _protocol("completions")  # import vLLM's protocol now, not on the first request
+
+    # ----------------------------------------------------------------------------- routes
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._generate(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, "completions")
+
+    @app.get("/v1/models")
+    async def list_models(self, request: Request) -> Response:
+        self._authorize(request)
+        return JSONResponse({"object": "list", "data": [self._model_card(m) for m in self._models]})
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(self, model_id: str, request: Request) -> Response:
+        self._authorize(request)
+        if model_id not in self._models:
+            raise self._unknown_model(model_id)
+        return JSONResponse(self._model_card(model_id))
+
+    @app.get("/health")
+    async def health(self) -> Response:
+        return JSONResponse({"status": "ok", "models": sorted(self._models)})
+
+    @app.get("/metrics")
+    async def metrics(self, request: Request) -> Response:
+        if self._config.auth.protect_metrics:
+            self._authorize(request)
+        parts = [await self._engine_metrics(), generate_latest(self._metrics.registry).decode()]
+        return PlainTextResponse("".join(parts), media_type="text/plain; version=0.0.4")
+
+    # ----------------------------------------------------------------------------- helpers
+
+    def _model_card(self, model_id: str) -> dict[str, Any]:
+        m = self._models[model_id]
+        return {
+            "id": m.id,
+            "object": "model",
+            "created": self._created,
+            "owned_by": "dflash-serve",
+            "root": m.target,
+            "max_model_len": m.engine.max_model_len,
+            "speculative": None if m.speculative is None else m.speculative.method,
+        }
+
+    def _unknown_model(self, model_id: Any) -> ApiError:
+        return ApiError(
+            404,
+            f"The model `{model_id}` does not exist. Available models: {sorted(self._models)}.",
+            param="model",
+            code="model_not_found",
+        )
+
+    def _authorize(self, request: Request) -> None:
+        auth = self._config.auth
+        if not auth.api_key_sha256:
+            return
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header.lower().startswith("bearer ") else None
+        if not auth.accepts(key):
+            raise ApiError(
+                401, "Invalid or missing API key (send `Authorization: Bearer <key>`).", code="invalid_api_key"
+            )
+
+    async def _read_body(self, request: Request) -> dict[str, Any]:
+        limit = self._config.ingress.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(
+                413, f"Request body of {declared} bytes exceeds the {limit}-byte limit.", code="body_too_large"
+            )
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"Request body exceeds the {limit}-byte limit.", code="body_too_large")
+            chunks.append(chunk)
+        return _parse_json(b"".join(chunks))
+
+    def _validate(self, kind: str, body: dict[str, Any]) -> Any:
+        from pydantic import ValidationError
+        from vllm.exceptions import VLLMClientError
+
+        if kind == "chat":
+            _check_messages(body.get("messages"))
+        try:
+            return _protocol(kind).model_validate(body)
+        except ValidationError as exc:
+            raise from_validation_error(exc) from exc
+        except VLLMClientError as exc:  # vLLM's own validators raise these past pydantic
+            raise ApiError(400, f"Invalid request: {exc}", param=getattr(exc, "parameter", None)) from exc
+
+    async def _generate(self, request: Request, kind: str) -> Response:
+        start = time.perf_counter()
+        endpoint = _ENDPOINTS[kind]
+        model_label = "unknown"
+        try:
+            self._authorize(request)
+            body = await self._read_body(request)
+            model_id = body.get("model")
+            if not isinstance(model_id, str) or not model_id:
+                raise ApiError(400, "You must provide a `model` parameter.", param="model", code="missing_model")
+            if model_id not in self._engines:
+                raise self._unknown_model(model_id)
+            model_label = model_id
+            req = self._validate(kind, body)
+            req.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+            response = await self._dispatch(kind, model_id, req, start)
+        except ApiError as err:
+            self._metrics.requests.labels(model_label, endpoint, str(err.status)).inc()
+            return err.response()
+        if not isinstance(response, StreamingResponse):
+            self._observe(model_label, endpoint, response.status_code, start)
+        return response
+
+    async def _dispatch(self, kind: str, model_id: str, req: Any, start: float) -> Response:
+        handle = self._engines[model_id].options(stream=True)
+        gen: DeploymentResponseGenerator = getattr(handle, kind).remote(req)
+        timeout = self._config.ingress.request_timeout_s
+        try:
+            first = await asyncio.wait_for(gen.__anext__(), timeout=timeout)
+        except TimeoutError as exc:
+            gen.cancel()
+            raise ApiError(504, f"No response from the model within {timeout:g} s.", code="timeout") from exc
+        except StopAsyncIteration as exc:
+            raise ApiError(503, "The model replica ended the request without an answer; retry.") from exc
+        except Exception as exc:
+            logger.warning("request %s to %s failed before its first byte: %r", req.request_id, model_id, exc)
+            raise ApiError(
+                503,
+                "The model is unavailable right now; retry.",
+                code="replica_unavailable",
+                headers={"Retry-After": "1"},
+            ) from exc
+        reply_kind, status, payload = first
+        if reply_kind == "error":  # vLLM's error, re-shaped so that every error has the same types
+            err = payload.get("error", {})
+            raise ApiError(status, str(err.get("message", "The request failed.")), param=err.get("param"))
+        if reply_kind == "json":
+            return JSONResponse(payload, status_code=status)
+        self._metrics.ttft.labels(model_id, _ENDPOINTS[kind]).observe(time.perf_counter() - start)
+        return StreamingResponse(
+            self._relay(payload, gen, model_id, _ENDPOINTS[kind], start, req.request_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _relay(
+        self, first: str, gen: DeploymentResponseGenerator, model_id: str, endpoint: str, start: float, request_id: str
+    ) -> AsyncIterator[str]:
+        """Forward SSE chunks as they come; a replica lost mid-stream ends the stream cleanly."""
+        status = 200
+        try:
+            yield first
+            async for _, _, chunk in gen:
+                yield chunk
+        except Exception as exc:  # noqa: BLE001 - the replica died under a running stream
+            status = 503
+            logger.warning("stream %s from %s broke: %r", request_id, model_id, exc)
+            err = error_body(
+                503, "The model replica failed while streaming; the response is incomplete.", code="replica_failed"
+            )
+            yield f"data: {json.dumps(err)}\n\n"
+            yield _DONE
+        finally:
+            gen.cancel()  # no-op when finished; aborts the engine request when the client left
+            self._observe(model_id, endpoint, status, start)
+
+    def _observe(self, model: str, endpoint: str, status: int, start: float) -> None:
+        self._metrics.requests.labels(model, endpoint, str(status)).inc()
+        self._metrics.latency.labels(model, endpoint).observe(time.perf_counter() - start)
+
+    async def _engine_metrics(self) -> str:
+        """vLLM metrics of every engine replica, summed per model, plus replica counts."""
+        texts: list[str] = []
+        lines = [
+            "# HELP dflash_serve_engine_replicas Engine replicas that answered this scrape.",
+            "# TYPE dflash_serve_engine_replicas gauge",
+        ]
+        for model_id, handle in self._engines.items():
+            try:
+                results = await handle.broadcast("metrics_text").results_async(timeout_s=5, return_exceptions=True)
+            except TimeoutError:
+                results = []
+            answered = [r for r in results if isinstance(r, str)]
+            texts += answered
+            lines.append(f'dflash_serve_engine_replicas{{model="{model_id}"}} {len(answered)}')
+        return merge_expositions(texts) + "\n".join(lines) + "\n"
+
+
+@app.exception_handler(ApiError)
+async def _api_error_handler(request: Request, exc: ApiError) -> Response:
+    return exc.response()
+
+
+@app.exception_handler(Exception)
+async def _unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body(500, "Internal error in dflash-serve; see the ingress log."), status_code=500)

@@ -1,0 +1,103 @@
+"""The load and DFlash counters one engine replica reports to routers, autoscaler and /metrics.
+
+vLLM hands every scheduler step's statistics to its stat loggers; :class:`ReplicaStatsLogger` is
+one more logger beside vLLM's Prometheus logger. It keeps the latest gauges and running totals in a
+:class:`ReplicaStats` record, cheap to copy into ``record_routing_stats`` every second, so routers and
+the autoscaler see the engine's own numbers (queue, KV usage, acceptance) rather than guesses from
+request counts.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class ReplicaStats:
+    """One replica's state. Gauges are as of the last engine step; counters are totals."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0  # share of KV blocks in use, 0..1
+    kv_tokens_in_use: int = 0  # kv_cache_usage x KV capacity in tokens
+    kv_capacity_tokens: int = 0
+    generation_tokens_total: int = 0
+    prompt_tokens_total: int = 0
+    prefix_cache_queries_total: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits_total: int = 0  # of those, tokens found cached
+    spec_drafts_total: int = 0
+    spec_draft_tokens_total: int = 0
+    spec_accepted_tokens_total: int = 0
+
+    @property
+    def acceptance_length(self) -> float | None:
+        """DFlash mean acceptance length tau = 1 + accepted / drafts (None before any draft)."""
+        if self.spec_drafts_total == 0:
+            return None
+        return 1.0 + self.spec_accepted_tokens_total / self.spec_drafts_total
+
+    def as_dict(self) -> dict[str, float]:
+        out: dict[str, float] = {k: float(v) for k, v in asdict(self).items()}
+        tau = self.acceptance_length
+        if tau is not None:
+            out["acceptance_length"] = tau
+        return out
+
+
+class ReplicaStatsLogger:
+    """A vLLM ``StatLoggerBase`` that folds each step's stats into a shared :class:`ReplicaStats`.
+
+    vLLM builds loggers from factories ``(vllm_config, engine_index) -> logger``; use
+    :meth:`factory` to bind the record this replica reads.
+    """
+
+    def __init__(self, stats: ReplicaStats, lock: threading.Lock, cache_config: Any) -> None:
+        self._stats = stats
+        self._lock = lock
+        self._cache_config = cache_config  # num_gpu_blocks is filled in once the engine has profiled
+
+    @classmethod
+    def factory(cls, stats: ReplicaStats, lock: threading.Lock) -> Any:
+        def make(vllm_config: Any, engine_index: int = 0) -> ReplicaStatsLogger:
+            return cls(stats, lock, vllm_config.cache_config)
+
+        return make
+
+    def record(
+        self,
+        scheduler_stats: Any,
+        iteration_stats: Any,
+        mm_cache_stats: Any = None,
+        engine_idx: int = 0,
+    ) -> None:
+        with self._lock:
+            s = self._stats
+            s.kv_capacity_tokens = (self._cache_config.num_gpu_blocks or 0) * (self._cache_config.block_size or 0)
+            if scheduler_stats is not None:
+                s.num_running = scheduler_stats.num_running_reqs
+                s.num_waiting = scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs
+                s.kv_cache_usage = scheduler_stats.kv_cache_usage
+                s.kv_tokens_in_use = int(scheduler_stats.kv_cache_usage * s.kv_capacity_tokens)
+                prefix = scheduler_stats.prefix_cache_stats
+                if prefix is not None:
+                    s.prefix_cache_queries_total += prefix.queries
+                    s.prefix_cache_hits_total += prefix.hits
+                spec = scheduler_stats.spec_decoding_stats
+                if spec is not None:
+                    s.spec_drafts_total += spec.num_drafts
+                    s.spec_draft_tokens_total += spec.num_draft_tokens
+                    s.spec_accepted_tokens_total += spec.num_accepted_tokens
+            if iteration_stats is not None:
+                s.generation_tokens_total += iteration_stats.num_generation_tokens
+                s.prompt_tokens_total += iteration_stats.num_prompt_tokens
+
+    def log_engine_initialized(self) -> None:
+        """Nothing to do: the record is read on demand."""
+
+    def log(self) -> None:
+        """Nothing to print: vLLM's own loggers print."""
+
+    def record_sleep_state(self, is_awake: int, level: int) -> None:
+        """Sleep mode is not used by dflash-serve."""

@@ -1,0 +1,99 @@
+"""Build the Serve application from an :class:`AppConfig`: one engine deployment per model, one ingress.
+
+Usable as ``serve run serve_app:build_app config=serve_app/configs/local.yaml [speculative=off]``
+and from a ``serve deploy`` config (``import_path: serve_app:build_app`` with ``args``).
+
+No ``from __future__ import annotations`` here: Serve reads ``build_app``'s annotation at run time
+to turn the ``key=value`` arguments into :class:`BuildArgs`.
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
+
+from autoscaling.settings import autoscaling_config, max_ongoing_requests
+from deployments.engine import EngineReplica
+from deployments.engine_args import engine_env
+from deployments.ingress import Ingress
+from serve_app.config import AppConfig, BuildArgs, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+ROUTER_CLASSES = {
+    "pow2": "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter",
+    "round_robin": "ray.serve.experimental.round_robin_router:RoundRobinRouter",
+}
+
+
+def _local_path(source: str) -> str:
+    """Make ``./`` and ``../`` model paths absolute (replicas don't share the caller's cwd)."""
+    if source.startswith(("./", "../")):
+        return str(Path(source).resolve())
+    return source
+
+
+def localize(model: ModelConfig) -> ModelConfig:
+    """The model with relative local paths resolved against the current directory."""
+    update: dict[str, Any] = {"target": _local_path(model.target)}
+    if model.tokenizer:
+        update["tokenizer"] = _local_path(model.tokenizer)
+    if model.speculative is not None:
+        update["speculative"] = model.speculative.model_copy(
+            update={"draft_model": _local_path(model.speculative.draft_model)}
+        )
+    return model.model_copy(update=update)
+
+
+def engine_options(model: ModelConfig) -> dict[str, Any]:
+    """Serve deployment options of the model's engine deployment."""
+    r = model.replicas
+    actor: dict[str, Any] = {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus}
+    if r.accelerator_type:
+        actor["accelerator_type"] = r.accelerator_type
+    env = engine_env(model)
+    if env:
+        actor["runtime_env"] = {"env_vars": env}
+    return {
+        "name": model.deployment_name(),
+        "ray_actor_options": actor,
+        "max_ongoing_requests": max_ongoing_requests(model),
+        "autoscaling_config": autoscaling_config(model),
+        "health_check_period_s": r.health_check_period_s,
+        "graceful_shutdown_timeout_s": r.graceful_shutdown_timeout_s,
+        "request_router_config": RequestRouterConfig(
+            request_router_class=ROUTER_CLASSES[model.routing.policy],
+            request_routing_stats_period_s=model.routing.stats_period_s,
+        ),
+    }
+
+
+def ingress_options(config: AppConfig) -> dict[str, Any]:
+    ing = config.ingress
+    return {
+        "name": "Ingress",
+        "num_replicas": ing.num_replicas,
+        "max_ongoing_requests": ing.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": ing.num_cpus},
+    }
+
+
+def build_from_config(config: AppConfig) -> Application:
+    """The application graph for ``config``: ingress -> {model id: engine deployment}."""
+    models = [localize(m) for m in config.effective_models()]
+    config = config.model_copy(update={"models": models, "speculative": True})
+    engines = {m.id: serve.deployment(EngineReplica).options(**engine_options(m)).bind(m) for m in models}
+    logger.info(
+        "built app %r: %s", config.name, ", ".join(f"{m.id} (dflash={m.speculative is not None})" for m in models)
+    )
+    return serve.deployment(Ingress).options(**ingress_options(config)).bind(config, engines)
+
+
+def build_app(args: BuildArgs) -> Application:
+    """Serve application builder (``serve run serve_app:build_app config=PATH``)."""
+    if not isinstance(args, BuildArgs):
+        args = BuildArgs.model_validate(args)
+    return build_from_config(args.resolve())

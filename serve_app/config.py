@@ -1,0 +1,245 @@
+"""The one configuration model of dflash-serve.
+
+Every YAML file under ``serve_app/configs/`` is an instance of :class:`AppConfig`; the builder,
+the deployments and the tools read their settings from it and from nowhere else. Models are strict
+(``extra="forbid"``, frozen) so a typo in a YAML file fails at load time with the field's name
+instead of being ignored on a GPU node an hour later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ROUTING_POLICIES = ("pow2", "round_robin")
+"""Request-routing policies the engine deployments accept (Ray Serve request routers)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _on_off(value: Any) -> Any:
+    """Accept the spellings people type in YAML and on the command line for a switch.
+
+    YAML 1.1 already reads ``off``/``on`` as booleans; ``serve run ... speculative=off`` passes the
+    string, so both reach here and mean the same thing.
+    """
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("on", "true", "1", "yes"):
+            return True
+        if lowered in ("off", "false", "0", "no"):
+            return False
+    return value
+
+
+class SpeculativeConfig(_Strict):
+    """The DFlash drafter that runs beside the target on the same GPU."""
+
+    method: Literal["dflash"] = Field("dflash", description="Speculative method passed to vLLM.")
+    draft_model: str = Field(description="Drafter source: Hugging Face id or local directory.")
+    num_speculative_tokens: int = Field(
+        15, ge=1, le=63, description="Tokens drafted per step; at most the drafter's block size - 1."
+    )
+    attention_backend: str | None = Field(
+        None,
+        description="The drafter's own attention backend (must support non-causal attention; "
+        "flash_attn on Hopper/Blackwell). None lets vLLM choose.",
+    )
+
+
+class EngineConfig(_Strict):
+    """vLLM engine settings for one replica (target + drafter on one GPU)."""
+
+    max_model_len: int = Field(4096, ge=16, description="Context length (prompt + output) in tokens.")
+    max_num_seqs: int = Field(64, ge=1, description="Sequences the engine batches at once.")
+    max_num_batched_tokens: int = Field(
+        8192, ge=16, description="Token budget of one scheduler step; keep >= max_num_seqs x (K+1)."
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs (always on for CPU).")
+    enable_prefix_caching: bool = Field(True, description="Automatic prefix caching (the router relies on it).")
+    block_size: int | None = Field(None, ge=1, description="KV block size; None lets vLLM pick per model.")
+    dtype: str = Field("auto", description="Weights/activations dtype (auto, bfloat16, float32, ...).")
+    attention_backend: str | None = Field(
+        None, description="The target's attention backend (e.g. triton_attn for Gemma-4 on Blackwell)."
+    )
+    seed: int = Field(0, description="Engine seed, so sampled outputs with a request seed are reproducible.")
+    cpu_kv_cache_space_gib: int | None = Field(
+        None, ge=1, description="KV cache size on CPU engines (VLLM_CPU_KVCACHE_SPACE); ignored on GPU."
+    )
+    reasoning_parser: str | None = Field("gemma4", description="vLLM reasoning parser splitting out thinking.")
+    tool_call_parser: str | None = Field("gemma4", description="vLLM tool-call parser; None disables tools.")
+    extra_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other vLLM AsyncEngineArgs field, checked against vLLM's own fields at startup.",
+    )
+
+
+class ReplicaConfig(_Strict):
+    """Resources and scaling of the engine deployment of one model."""
+
+    num_cpus: float = Field(1, ge=0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica: 1 on GPU clusters, 0 on CPU.")
+    accelerator_type: str | None = Field(None, description="Ray accelerator type label, e.g. B300.")
+    min_replicas: int = Field(1, ge=0, description="Autoscaling floor.")
+    max_replicas: int = Field(1, ge=1, description="Autoscaling ceiling.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time (default: min).")
+    target_fill: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="Target share of max_num_seqs busy per replica; above it Serve adds replicas.",
+    )
+    queue_headroom: float = Field(
+        1.0,
+        ge=1,
+        description="max_ongoing_requests = max_num_seqs x this: requests a replica accepts before "
+        "the router must look elsewhere (1.0: never queue behind a full batch).",
+    )
+    upscale_delay_s: float = Field(10, ge=0, description="How long load must stay high before adding.")
+    downscale_delay_s: float = Field(300, ge=0, description="How long load must stay low before removing.")
+    health_check_period_s: float = Field(10, gt=0, description="How often Serve checks the engine.")
+    graceful_shutdown_timeout_s: float = Field(
+        120, ge=0, description="Time a leaving replica gets to finish its in-flight requests."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ReplicaConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})")
+        if self.initial_replicas is not None and not (self.min_replicas <= self.initial_replicas <= self.max_replicas):
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
+class RoutingConfig(_Strict):
+    """How the ingress picks an engine replica for each request."""
+
+    policy: Literal["pow2", "round_robin"] = Field(
+        "pow2", description="pow2: Ray's power-of-two choices; round_robin: in turn."
+    )
+    stats_period_s: float = Field(
+        1.0, gt=0, description="How often replicas report load and counters to routers and /metrics."
+    )
+
+
+class ModelConfig(_Strict):
+    """One served model: its own engine deployment, addressed by the request's ``model``."""
+
+    id: str = Field(description="Served model id (the OpenAI `model` field).", min_length=1)
+    target: str = Field(description="Target model source: Hugging Face id or local directory.")
+    tokenizer: str | None = Field(None, description="Tokenizer source if not the target's.")
+    speculative: SpeculativeConfig | None = Field(None, description="DFlash drafter; None serves plain AR.")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+
+    @model_validator(mode="after")
+    def _budget(self) -> ModelConfig:
+        if self.speculative is not None:
+            need = self.engine.max_num_seqs * (self.speculative.num_speculative_tokens + 1)
+            if self.engine.max_num_batched_tokens < need:
+                raise ValueError(
+                    f"model {self.id!r}: max_num_batched_tokens={self.engine.max_num_batched_tokens} "
+                    f"< max_num_seqs x (num_speculative_tokens + 1) = {need}; vLLM's drafter buffers "
+                    "overflow (vllm#53970). Raise max_num_batched_tokens or lower max_num_seqs."
+                )
+        return self
+
+    def deployment_name(self) -> str:
+        """Serve deployment name: stable, readable, and unique per model id."""
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in self.id)
+        return f"Engine-{safe}"
+
+
+class AuthConfig(_Strict):
+    """API keys. Only SHA-256 digests are stored; an empty list leaves the endpoint open."""
+
+    api_key_sha256: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=list, description="Hex SHA-256 digests of the accepted API keys."
+    )
+    protect_metrics: bool = Field(False, description="Require a key for /metrics too.")
+
+    def accepts(self, key: str | None) -> bool:
+        if not self.api_key_sha256:
+            return True
+        if not key:
+            return False
+        return hashlib.sha256(key.encode()).hexdigest() in self.api_key_sha256
+
+
+class IngressConfig(_Strict):
+    """The OpenAI-compatible HTTP front."""
+
+    num_replicas: int = Field(1, ge=1, description="Ingress replicas (each routes on its own).")
+    num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per ingress replica.")
+    max_ongoing_requests: int = Field(1024, ge=1, description="Requests one ingress replica holds at once.")
+    request_timeout_s: float = Field(600, gt=0, description="Longest a request may take end to end.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+
+
+class AppConfig(_Strict):
+    """The whole application: models, ingress, auth, shared state."""
+
+    name: str = Field("dflash", description="Serve application name.")
+    models: list[ModelConfig] = Field(min_length=1, description="Served models, one deployment each.")
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    redis_url: str | None = Field(None, description="Redis for shared routing state (None: local only).")
+    speculative: bool = Field(
+        True, description="Global switch: off serves every model without its drafter (the AR baseline)."
+    )
+
+    _normalise_switch = field_validator("speculative", mode="before")(_on_off)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> AppConfig:
+        ids = [m.id for m in self.models]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model ids: {dupes}")
+        return self
+
+    def effective_models(self) -> list[ModelConfig]:
+        """The models as they will be served, with the global speculative switch applied."""
+        if self.speculative:
+            return list(self.models)
+        return [m.model_copy(update={"speculative": None}) for m in self.models]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> AppConfig:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+        return cls.model_validate(data)
+
+
+class BuildArgs(_Strict):
+    """Arguments of ``serve run serve_app:build_app`` (``key=value``) or a serve config's ``args``.
+
+    Either ``config`` (a YAML path) or ``app`` (the AppConfig inline) must be given; the other
+    fields override the file so that one YAML serves both the DFlash and the AR runs.
+    """
+
+    config: str | None = Field(None, description="Path to an AppConfig YAML file.")
+    app: AppConfig | None = Field(None, description="The AppConfig inline (serve deploy configs).")
+    speculative: bool | None = Field(None, description="Override the global speculative switch.")
+
+    _normalise_switch = field_validator("speculative", mode="before")(_on_off)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BuildArgs:
+        if (self.config is None) == (self.app is None):
+            raise ValueError("give exactly one of `config` (a YAML path) or `app` (inline AppConfig)")
+        return self
+
+    def resolve(self) -> AppConfig:
+        cfg = self.app if self.app is not None else AppConfig.from_yaml(self.config)  # type: ignore[arg-type]
+        if self.speculative is not None:
+            cfg = cfg.model_copy(update={"speculative": self.speculative})
+        return cfg

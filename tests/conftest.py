@@ -1,0 +1,76 @@
+"""Shared fixtures. The ``served`` fixture runs the real app: Ray Serve + vLLM engines on the tiny models."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from serve_app.config import AppConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_CONFIG = REPO_ROOT / "serve_app" / "configs" / "local.yaml"
+DFLASH_MODEL = "tiny-gemma4"
+AR_MODEL = "tiny-gemma4-ar"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repo_cwd() -> None:
+    """Configs name models by ./ paths relative to the repository root."""
+    os.chdir(REPO_ROOT)
+
+
+def e2e_config() -> AppConfig:
+    """local.yaml plus an autoregressive twin of its model: the lossless comparison in one app."""
+    base = AppConfig.from_yaml(LOCAL_CONFIG)
+    dflash = base.models[0]
+    assert dflash.id == DFLASH_MODEL and dflash.speculative is not None
+    ar = dflash.model_copy(update={"id": AR_MODEL, "speculative": None})
+    return base.model_copy(update={"name": "dflash-test", "models": [dflash, ar]})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Served:
+    base_url: str  # http://127.0.0.1:PORT
+    config: AppConfig
+
+    @property
+    def v1(self) -> str:
+        return self.base_url + "/v1"
+
+    def engine_handle(self, model_id: str):
+        from ray import serve
+
+        model = next(m for m in self.config.models if m.id == model_id)
+        return serve.get_deployment_handle(model.deployment_name(), app_name=self.config.name)
+
+
+@pytest.fixture(scope="session")
+def served() -> Iterator[Served]:
+    import ray
+    from ray import serve
+
+    from serve_app.build import build_from_config
+    from tools.tiny_models import ensure_models
+
+    ensure_models()
+    config = e2e_config()
+    port = _free_port()
+    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_from_config(config), name=config.name, route_prefix="/")
+        yield Served(base_url=f"http://127.0.0.1:{port}", config=config)
+    finally:
+        serve.shutdown()
+        ray.shutdown()

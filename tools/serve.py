@@ -1,0 +1,111 @@
+"""``make serve``: start a local Ray, deploy the app, serve the OpenAI endpoint in the foreground.
+
+Everything it starts (Ray, Serve, the engine processes) is stopped on Ctrl-C or SIGTERM. The
+environment (``PORT``, ``CONFIG``, ``SPECULATIVE``) is read here, at the edge, and turned into
+build arguments; nothing below reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+
+logger = logging.getLogger("dflash_serve.serve")
+
+SNIPPET = """
+dflash-serve is up: {url}
+  models: {models}
+
+  curl {url}/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 32}}'
+
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{url}', api_key='none'); \\
+print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello!'}}], \\
+max_tokens=32).choices[0].message.content)"
+
+  metrics: http://{host}:{port}/metrics    health: http://{host}:{port}/health
+Press Ctrl-C to stop.
+"""
+
+
+def start_ray(num_cpus: int | None) -> None:
+    import ray
+
+    # Logical CPUs: engine replicas reserve whole CPUs but mostly wait on their engine process.
+    ray.init(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False, logging_level="WARNING")
+
+
+def deploy(config_path: str, speculative: str | None, host: str, port: int) -> list[str]:
+    """Start Serve and deploy the app; returns the served model ids once all replicas are ready."""
+    from ray import serve
+
+    from serve_app.build import build_from_config
+    from serve_app.config import BuildArgs
+
+    config = BuildArgs.model_validate({"config": config_path, "speculative": speculative}).resolve()
+    serve.start(http_options={"host": host, "port": port})
+    t0 = time.monotonic()
+    serve.run(build_from_config(config), name=config.name, route_prefix="/")
+    logger.info("application ready in %.1f s", time.monotonic() - t0)
+    return [m.id for m in config.models]
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=os.environ.get("CONFIG", "serve_app/configs/local.yaml"))
+    parser.add_argument("--speculative", default=os.environ.get("SPECULATIVE") or None, help="on/off override")
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for Ray")
+    opts = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    try:
+        start_ray(opts.num_cpus)
+        # After ray.init, which installs handlers of its own that would skip our clean shutdown.
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        models = deploy(opts.config, opts.speculative, opts.host, opts.port)
+        url = f"http://{opts.host}:{opts.port}/v1"
+        print(
+            SNIPPET.format(url=url, host=opts.host, port=opts.port, models=", ".join(models), model=models[0]),
+            flush=True,
+        )
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt as why:
+        logger.info("stopping (%s)", why or "interrupt")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop()
+        logger.info("stopped; no Ray processes left")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
