@@ -17,13 +17,14 @@ EXTRA := $(if $(HAS_GPU),gpu,cpu)
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket.gethostbyname('download.pytorch.org')" >/dev/null 2>&1 && echo --extra-index-url $(TORCH_CPU_INDEX)))
 
-.PHONY: help install models serve test test-unit lint clean
+.PHONY: help install models serve smoke test test-unit lint clean
 
 help:
 	@echo "make serve    install what is missing, build the tiny models, serve http://127.0.0.1:$(PORT)/v1"
 	@echo "make test     install, build the tiny models, run the test suite (real Ray Serve + vLLM)"
 	@echo "make install  virtualenv in $(VENV) with the $(EXTRA) extra"
 	@echo "make models   build the tiny Gemma-4 target + DFlash drafter (cached)"
+	@echo "make smoke    start make serve, ask it through the openai client, stop it, check nothing is left"
 	@echo "make lint     ruff"
 
 install: $(VENV)/.installed
@@ -31,7 +32,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install $(TORCH_INDEX_ARGS) -e '.[$(EXTRA),test]'
+	$(PY) -m pip install $(TORCH_INDEX_ARGS) -e '.[$(EXTRA),test,bench]'
 ifeq ($(EXTRA),cpu)
 	@# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break transformers' imports next to torch+cpu.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
@@ -43,6 +44,9 @@ models: install
 
 serve: models
 	PORT=$(PORT) CONFIG=$(CONFIG) SPECULATIVE=$(SPECULATIVE) $(PY) -m tools.serve
+
+smoke: models
+	PORT=8123 bash tools/smoke_serve.sh
 
 test: models
 	$(PY) -m pytest -v -p no:cacheprovider tests

@@ -66,7 +66,6 @@ class EngineReplica:
         await init_app_state(self._engine, state, args, await self._engine.get_supported_tasks())
         self._chat = state.openai_serving_chat
         self._completion = state.openai_serving_completion
-        self._tokenizer = self._engine.renderer.tokenizer
         logger.info("engine for %s ready", model.id)
 
     async def chat(self, request: Any) -> AsyncIterator[Reply]:
@@ -122,9 +121,11 @@ class EngineReplica:
 
         return generate_latest(REGISTRY).decode()
 
-    def count_prompt_tokens(self, text: str) -> int:
-        """Tokens of ``text`` under this model's tokenizer (used by tests and tools)."""
-        return len(self._tokenizer.encode(text))
+    def engine_pids(self) -> list[int]:
+        """Process ids of this replica's engine processes (engine core and workers), for fault tests."""
+        import psutil
+
+        return [p.pid for p in psutil.Process().children(recursive=True)]
 
     def __del__(self) -> None:
         engine = getattr(self, "_engine", None)

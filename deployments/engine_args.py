@@ -58,6 +58,8 @@ def vllm_serve_argv(model: ModelConfig) -> list[str]:
         "dtype": eng.dtype,
         "seed": eng.seed,
     }
+    if eng.kv_cache_memory_gib is not None:
+        options["kv_cache_memory_bytes"] = int(eng.kv_cache_memory_gib * 2**30)
     if eng.block_size is not None:
         options["block_size"] = eng.block_size
     if eng.attention_backend:
@@ -77,11 +79,3 @@ def vllm_serve_argv(model: ModelConfig) -> list[str]:
     for name, value in options.items():
         argv += _option(name, value)
     return argv
-
-
-def engine_env(model: ModelConfig) -> dict[str, str]:
-    """Environment the engine process needs (set through the replica's runtime_env)."""
-    env: dict[str, str] = {}
-    if model.engine.cpu_kv_cache_space_gib is not None:
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(model.engine.cpu_kv_cache_space_gib)
-    return env

@@ -17,7 +17,6 @@ from ray.serve.config import RequestRouterConfig
 
 from autoscaling.settings import autoscaling_config, max_ongoing_requests
 from deployments.engine import EngineReplica
-from deployments.engine_args import engine_env
 from deployments.ingress import Ingress
 from serve_app.config import AppConfig, BuildArgs, ModelConfig
 
@@ -54,9 +53,6 @@ def engine_options(model: ModelConfig) -> dict[str, Any]:
     actor: dict[str, Any] = {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus}
     if r.accelerator_type:
         actor["accelerator_type"] = r.accelerator_type
-    env = engine_env(model)
-    if env:
-        actor["runtime_env"] = {"env_vars": env}
     return {
         "name": model.deployment_name(),
         "ray_actor_options": actor,

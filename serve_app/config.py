@@ -70,8 +70,11 @@ class EngineConfig(_Strict):
         None, description="The target's attention backend (e.g. triton_attn for Gemma-4 on Blackwell)."
     )
     seed: int = Field(0, description="Engine seed, so sampled outputs with a request seed are reproducible.")
-    cpu_kv_cache_space_gib: int | None = Field(
-        None, ge=1, description="KV cache size on CPU engines (VLLM_CPU_KVCACHE_SPACE); ignored on GPU."
+    kv_cache_memory_gib: float | None = Field(
+        None,
+        gt=0,
+        description="Fixed KV cache size per replica; overrides gpu_memory_utilization (which on CPU "
+        "engines is a share of host RAM that must be free at start). Set it on CPU.",
     )
     reasoning_parser: str | None = Field("gemma4", description="vLLM reasoning parser splitting out thinking.")
     tool_call_parser: str | None = Field("gemma4", description="vLLM tool-call parser; None disables tools.")

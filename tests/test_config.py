@@ -104,3 +104,17 @@ def test_deployment_names_are_safe_and_distinct():
     cfg = AppConfig.model_validate({"models": [{"id": "org/model.v1", "target": "t"}, {"id": "other", "target": "t"}]})
     names = [m.deployment_name() for m in cfg.models]
     assert names == ["Engine-org-model-v1", "Engine-other"]
+
+
+def test_builder_takes_serve_args_like_serve_run_and_deploy():
+    """Serve turns `key=value` / `args:` into BuildArgs through build_app's annotation."""
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from serve_app import build_app
+
+    local = str(next(p for p in CONFIGS if p.name == "local.yaml"))
+    app = call_user_app_builder_with_args_if_necessary(build_app, {"config": local, "speculative": "off"})
+    assert isinstance(app, Application)
+    with pytest.raises(ValidationError):
+        call_user_app_builder_with_args_if_necessary(build_app, {"config": local, "speculative": "maybe"})

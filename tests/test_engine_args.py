@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from deployments.engine_args import engine_env, speculative_config, vllm_serve_argv
+from deployments.engine_args import speculative_config, vllm_serve_argv
 from serve_app.config import ModelConfig
 
 
@@ -19,7 +19,7 @@ def _model(**kw: object) -> ModelConfig:
             "max_num_seqs": 4,
             "max_num_batched_tokens": 64,
             "enable_prefix_caching": False,
-            "cpu_kv_cache_space_gib": 2,
+            "kv_cache_memory_gib": 0.5,
             "extra_engine_args": {"max_logprobs": 7},
         },
     }
@@ -41,6 +41,7 @@ def test_vllm_parses_the_argv_as_configured():
     assert args.max_num_batched_tokens == 64
     assert args.enable_prefix_caching is False
     assert args.max_logprobs == 7
+    assert args.kv_cache_memory_bytes == 2**29
     assert args.enable_auto_tool_choice is True
     assert args.tool_call_parser == "gemma4"
     spec = args.speculative_config
@@ -69,8 +70,3 @@ def test_extra_engine_args_cannot_shadow_typed_fields():
     model = _model(engine={"extra_engine_args": {"max_num_seqs": 3}})
     with pytest.raises(ValueError, match="max_num_seqs"):
         vllm_serve_argv(model)
-
-
-def test_cpu_kv_cache_env():
-    assert engine_env(_model()) == {"VLLM_CPU_KVCACHE_SPACE": "2"}
-    assert engine_env(_model(engine={})) == {}
