@@ -2,7 +2,7 @@
 
 Each variant runs in its own process (the cache patches vLLM process-wide): one in-process engine
 replica on the tiny pair, then streaming chat requests, one at a time and all at once, timing the
-first content chunk (all requests at once for "concurrent"). Prints the ratio and writes JSON + PNG to ``bench/results/``.
+first content chunk. Prints the ratio and writes JSON + PNG to ``bench/results/``.
 
     python -m bench.parser_ttft [--requests 8]
 """
