@@ -64,15 +64,19 @@ class EngineReplica:
         )
         state = State()
         await init_app_state(self._engine, state, args, await self._engine.get_supported_tasks())
+        # The KV block size vLLM settled on (hybrid models may change the requested one); routers hash
+        # prompts with it so their blocks line up with the engine's prefix cache.
+        self._block_size = vllm_config.cache_config.block_size
         self._chat = state.openai_serving_chat
         self._completion = state.openai_serving_completion
         logger.info("engine for %s ready", model.id)
 
-    async def chat(self, request: Any) -> AsyncIterator[Reply]:
+    async def chat(self, request: Any, routing: Any = None) -> AsyncIterator[Reply]:
+        """``routing`` is the router's hint (read by the request router in the caller), unused here."""
         async for reply in self._serve(self._chat.create_chat_completion(request, None)):
             yield reply
 
-    async def completions(self, request: Any) -> AsyncIterator[Reply]:
+    async def completions(self, request: Any, routing: Any = None) -> AsyncIterator[Reply]:
         async for reply in self._serve(self._completion.create_completion(request, None)):
             yield reply
 
@@ -108,9 +112,16 @@ class EngineReplica:
         with self._stats_lock:
             out = self._stats.as_dict()
         out["ongoing_requests"] = float(self._ongoing)
+        out["block_size"] = float(self._block_size)
         # Requests the engine still tracks: drops to 0 only once aborted or finished requests are gone.
         out["engine_unfinished_requests"] = float(self._engine.output_processor.get_num_unfinished_requests())
         return out
+
+    def describe(self) -> dict[str, Any]:
+        """This replica's id and stats (for tools and tests that broadcast to every replica)."""
+        from ray import serve
+
+        return {"replica_id": serve.get_replica_context().replica_id.unique_id, "stats": self.stats()}
 
     def record_routing_stats(self) -> dict[str, float]:
         return self.stats()

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from deployments.errors import ApiError, error_body, from_validation_error
 from deployments.metrics_merge import merge_expositions
+from deployments.router import RoutingHint
 from serve_app.config import AppConfig
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,35 @@ def _check_messages(messages: Any) -> None:
                 param=f"messages.{i}.role",
                 code="invalid_role",
             )
+
+
+def _load_tokenizer(source: str) -> Any:
+    from vllm.tokenizers import get_tokenizer
+
+    return get_tokenizer(source)
+
+
+def _prompt_token_ids(tokenizer: Any, kind: str, req: Any) -> list[int]:
+    """The prompt as the engine will see it: chat template applied for chat, BOS added for completions."""
+    if kind == "completions":
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+            return list(prompt)
+        if isinstance(prompt, list):  # a batch: route on its first prompt
+            prompt = prompt[0] if prompt else ""
+        return list(tokenizer.encode(prompt, add_special_tokens=req.add_special_tokens))
+    kwargs = dict(req.chat_template_kwargs or {})
+    messages = [m if isinstance(m, dict) else m.model_dump(exclude_none=True) for m in req.messages]
+    tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+    ids = tokenizer.apply_chat_template(
+        messages,
+        tools=tools,
+        add_generation_prompt=req.add_generation_prompt,
+        tokenize=True,
+        return_dict=False,
+        **kwargs,
+    )
+    return list(ids)
 
 
 def _protocol(kind: str) -> type:
@@ -118,6 +148,9 @@ class Ingress:
         self._models = {m.id: m for m in config.effective_models()}
         self._metrics = _IngressMetrics()
         self._created = int(time.time())
+        self._tokenizers = {
+            m.id: _load_tokenizer(m.tokenizer or m.target) for m in config.models if m.routing.needs_tokens
+        }
         _protocol("chat"), _protocol("completions")  # import vLLM's protocol now, not on the first request
 
     # ----------------------------------------------------------------------------- routes
@@ -229,7 +262,8 @@ class Ingress:
             model_label = model_id
             req = self._validate(kind, body)
             req.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-            response = await self._dispatch(kind, model_id, req, start)
+            hint = self._routing_hint(kind, model_id, req, request)
+            response = await self._dispatch(kind, model_id, req, hint, start)
         except ApiError as err:
             self._metrics.requests.labels(model_label, endpoint, str(err.status)).inc()
             return err.response()
@@ -237,9 +271,26 @@ class Ingress:
             self._observe(model_label, endpoint, response.status_code, start)
         return response
 
-    async def _dispatch(self, kind: str, model_id: str, req: Any, start: float) -> Response:
+    def _routing_hint(self, kind: str, model_id: str, req: Any, request: Request) -> RoutingHint:
+        """Token ids (and session key) the router needs; routing falls back to cold, never fails a request."""
+        routing = self._models[model_id].routing
+        session = None
+        if routing.session_affinity:
+            session = request.headers.get("x-session-id") or getattr(req, "user", None)
+        tokenizer = self._tokenizers.get(model_id)
+        token_ids: list[int] = []
+        if tokenizer is not None:
+            try:
+                token_ids = _prompt_token_ids(tokenizer, kind, req)
+            except Exception as exc:  # noqa: BLE001 - e.g. a template error vLLM will report properly
+                logger.debug("request %s routed without its prompt tokens: %r", req.request_id, exc)
+            if kind == "completions" and token_ids and isinstance(req.prompt, str):
+                req.prompt = token_ids  # tokenized once: the engine takes these ids as the prompt
+        return RoutingHint(token_ids=tuple(token_ids), session_key=session)
+
+    async def _dispatch(self, kind: str, model_id: str, req: Any, hint: RoutingHint, start: float) -> Response:
         handle = self._engines[model_id].options(stream=True)
-        gen: DeploymentResponseGenerator = getattr(handle, kind).remote(req)
+        gen: DeploymentResponseGenerator = getattr(handle, kind).remote(req, routing=hint)
         timeout = self._config.ingress.request_timeout_s
         try:
             first = await asyncio.wait_for(gen.__anext__(), timeout=timeout)

@@ -22,10 +22,7 @@ from serve_app.config import AppConfig, BuildArgs, ModelConfig
 
 logger = logging.getLogger(__name__)
 
-ROUTER_CLASSES = {
-    "pow2": "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter",
-    "round_robin": "ray.serve.experimental.round_robin_router:RoundRobinRouter",
-}
+ROUTER_CLASS = "deployments.router:PolicyRequestRouter"
 
 
 def _local_path(source: str) -> str:
@@ -61,7 +58,8 @@ def engine_options(model: ModelConfig) -> dict[str, Any]:
         "health_check_period_s": r.health_check_period_s,
         "graceful_shutdown_timeout_s": r.graceful_shutdown_timeout_s,
         "request_router_config": RequestRouterConfig(
-            request_router_class=ROUTER_CLASSES[model.routing.policy],
+            request_router_class=ROUTER_CLASS,
+            request_router_kwargs={"policy": model.routing.policy, "policy_options": model.routing.policy_options()},
             request_routing_stats_period_s=model.routing.stats_period_s,
         ),
     }

@@ -15,9 +15,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ROUTING_POLICIES = ("pow2", "round_robin")
-"""Request-routing policies the engine deployments accept (Ray Serve request routers)."""
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -122,14 +119,51 @@ class ReplicaConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
-    """How the ingress picks an engine replica for each request."""
+    """How the ingress picks an engine replica for each request (see routing/policies/)."""
 
-    policy: Literal["pow2", "round_robin"] = Field(
-        "pow2", description="pow2: Ray's power-of-two choices; round_robin: in turn."
+    policy: Literal["prefix", "pow2", "round_robin"] = Field(
+        "prefix",
+        description="prefix: where the prompt's KV blocks are, balanced against load; pow2: power of two "
+        "choices (Ray Serve's default); round_robin: in turn.",
+    )
+    session_affinity: bool = Field(
+        False, description="Keep a session (x-session-id header or the OpenAI `user` field) on one replica."
+    )
+    weight_prefix: float = Field(1.0, ge=0, description="prefix: weight of the cached share of the prompt.")
+    weight_load: float = Field(0.5, ge=0, description="prefix: weight of the replica's fill (in flight/capacity).")
+    weight_kv: float = Field(0.1, ge=0, description="prefix: weight of the replica's KV cache usage.")
+    weight_session: float = Field(1.0, ge=0, description="prefix: bonus of the session's own replica.")
+    imbalance_abs: int = Field(8, ge=0, description="prefix: in-flight spread above which load wins outright.")
+    imbalance_rel: float = Field(1.5, ge=1, description="prefix: ... and max > this x min.")
+    min_match_fraction: float = Field(
+        0.1, ge=0, le=1, description="prefix: share of the prompt a replica must hold to count as a match."
+    )
+    index_capacity_blocks: int = Field(
+        65536, ge=1, description="prefix: index entries kept per replica (bounds router memory)."
     )
     stats_period_s: float = Field(
         1.0, gt=0, description="How often replicas report load and counters to routers and /metrics."
     )
+
+    def policy_options(self) -> dict[str, Any]:
+        """Keyword arguments of the pure policy (JSON-serialisable: they travel in Serve's config)."""
+        if self.policy != "prefix":
+            return {}
+        return {
+            "weight_prefix": self.weight_prefix,
+            "weight_load": self.weight_load,
+            "weight_kv": self.weight_kv,
+            "weight_session": self.weight_session,
+            "imbalance_abs": self.imbalance_abs,
+            "imbalance_rel": self.imbalance_rel,
+            "min_match_fraction": self.min_match_fraction,
+            "capacity_blocks": self.index_capacity_blocks,
+        }
+
+    @property
+    def needs_tokens(self) -> bool:
+        """Whether the ingress must tokenize prompts for this policy."""
+        return self.policy == "prefix"
 
 
 class ModelConfig(_Strict):

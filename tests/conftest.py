@@ -25,11 +25,15 @@ def _repo_cwd() -> None:
 
 
 def e2e_config() -> AppConfig:
-    """local.yaml plus an autoregressive twin of its model: the lossless comparison in one app."""
+    """local.yaml plus an autoregressive twin of its model: the lossless comparison in one app.
+
+    The twin runs two replicas behind the prefix-aware router, for the routing tests.
+    """
     base = AppConfig.from_yaml(LOCAL_CONFIG)
     dflash = base.models[0]
     assert dflash.id == DFLASH_MODEL and dflash.speculative is not None
-    ar = dflash.model_copy(update={"id": AR_MODEL, "speculative": None})
+    two = dflash.replicas.model_copy(update={"min_replicas": 2, "max_replicas": 2})
+    ar = dflash.model_copy(update={"id": AR_MODEL, "speculative": None, "replicas": two})
     return base.model_copy(update={"name": "dflash-test", "models": [dflash, ar]})
 
 
@@ -53,6 +57,11 @@ class Served:
 
         model = next(m for m in self.config.models if m.id == model_id)
         return serve.get_deployment_handle(model.deployment_name(), app_name=self.config.name)
+
+    def replica_stats(self, model_id: str) -> dict[str, dict[str, float]]:
+        """Stats of every replica of the model, by replica id."""
+        results = self.engine_handle(model_id).broadcast("describe").results(timeout_s=30)
+        return {r["replica_id"]: r["stats"] for r in results}
 
 
 @pytest.fixture(scope="session")

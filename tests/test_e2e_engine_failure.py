@@ -9,13 +9,13 @@ import time
 import openai
 import pytest
 
-from tests.conftest import AR_MODEL, Served
+from tests.conftest import DFLASH_MODEL, Served
 
 pytestmark = pytest.mark.e2e
 
 
 def test_dead_engine_fails_health_check_and_is_replaced(served: Served):
-    handle = served.engine_handle(AR_MODEL)
+    handle = served.engine_handle(DFLASH_MODEL)
     pids = handle.engine_pids.remote().result()
     assert pids, "the replica reports no engine processes"
     handle.check_health.remote().result()  # healthy while the engine runs
@@ -34,7 +34,7 @@ def test_dead_engine_fails_health_check_and_is_replaced(served: Served):
     deadline = time.monotonic() + 400  # Serve notices, stops the replica and starts a new engine
     while True:
         try:
-            reply = client.completions.create(model=AR_MODEL, prompt="Back?", max_tokens=4, temperature=0)
+            reply = client.completions.create(model=DFLASH_MODEL, prompt="Back?", max_tokens=4, temperature=0)
             break
         except (openai.APIStatusError, openai.APIConnectionError) as exc:
             assert time.monotonic() < deadline, f"no replacement replica answered: {exc}"

@@ -154,6 +154,7 @@ def test_dflash_is_lossless_and_drafts(served: Served):
     assert _metric(after, "vllm:spec_decode_num_draft_tokens_total", DFLASH_MODEL) > 0
     assert 'dflash_serve_requests_total{endpoint="/v1/completions",model="tiny-gemma4",status="200"}' in after
     assert f'dflash_serve_engine_replicas{{model="{DFLASH_MODEL}"}} 1' in after
+    assert f'dflash_serve_engine_replicas{{model="{AR_MODEL}"}} 2' in after
 
 
 # ---------------------------------------------------------------------------------- disconnect

@@ -1,0 +1,124 @@
+"""Ray Serve request router that delegates every decision to a pure policy from ``routing/``.
+
+It runs inside each ingress replica (wherever a DeploymentHandle to an engine deployment lives).
+Per request it reads the routing hint the ingress attached (the prompt's token ids and an optional
+session key), hashes the prompt once with the engines' own KV block size (reported by the replicas),
+snapshots each replica's load — the requests this router has in flight there, plus the queue and KV
+usage the replica last reported — and returns the policy's ranking. Serve then sends the request to
+the first rank with room, probing queue lengths as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, ReplicaResult, RequestRouter, RunningReplica
+
+from routing.hashing import block_hashes
+from routing.policies import POLICIES, PrefixPolicyConfig
+from routing.policy import Policy, ReplicaLoad, RouteRequest
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_SIZE = 16  # vLLM's default, used until a replica has reported its own
+_MEMO_REQUESTS = 4096  # routing attempts of one request reuse its hashes; bound the memo
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingHint:
+    """What the ingress knows about a request that the router needs; passed as the ``routing`` kwarg."""
+
+    token_ids: tuple[int, ...] = ()
+    session_key: str | None = None
+
+
+def make_policy(name: str, options: dict[str, Any]) -> Policy:
+    if name == "prefix":
+        return POLICIES[name](PrefixPolicyConfig(**options))
+    return POLICIES[name]()
+
+
+class PolicyRequestRouter(FIFOMixin, RequestRouter):
+    """Serve ``RequestRouter`` shell around a :class:`routing.policy.Policy`."""
+
+    def initialize_state(self, policy: str = "prefix", policy_options: dict[str, Any] | None = None) -> None:
+        self._policy = make_policy(policy, policy_options or {})
+        self._in_flight: Counter[str] = Counter()
+        self._routed: dict[str, str] = {}  # internal request id -> replica id, until completed
+        self._requests: OrderedDict[str, RouteRequest] = OrderedDict()
+        self.decisions: Counter[str] = Counter()  # reason -> count, for metrics
+
+    def _route_request(self, pending: PendingRequest, replicas: list[RunningReplica]) -> RouteRequest:
+        key = pending.metadata.internal_request_id
+        cached = self._requests.get(key)
+        if cached is not None:
+            return cached
+        # Duck-typed: Serve ships this module to the router by value, so the ingress's RoutingHint
+        # class and the one seen here are not the same object.
+        hint = pending.kwargs.get("routing")
+        hashes: tuple[int, ...] = ()
+        session = None
+        if hint is not None and hasattr(hint, "token_ids"):
+            block_size = next(
+                (int(r.routing_stats["block_size"]) for r in replicas if r.routing_stats.get("block_size")),
+                DEFAULT_BLOCK_SIZE,
+            )
+            hashes = tuple(block_hashes(hint.token_ids, block_size))
+            session = hint.session_key
+        req = RouteRequest(request_id=key, block_hashes=hashes, session_key=session)  # type: ignore[arg-type]
+        self._requests[key] = req
+        while len(self._requests) > _MEMO_REQUESTS:
+            self._requests.popitem(last=False)
+        return req
+
+    async def choose_replicas(
+        self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
+    ) -> list[list[RunningReplica]]:
+        if pending_request is None or not candidate_replicas:
+            return [candidate_replicas]
+        req = self._route_request(pending_request, candidate_replicas)
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        loads = [
+            ReplicaLoad(
+                replica_id=rid,
+                in_flight=self._in_flight[rid],
+                capacity=r.max_ongoing_requests,
+                waiting=float(r.routing_stats.get("num_waiting", 0.0)),
+                kv_usage=float(r.routing_stats.get("kv_cache_usage", 0.0)),
+            )
+            for rid, r in by_id.items()
+        ]
+        decision = self._policy.choose(req, loads)
+        self.decisions[decision.reason] += 1
+        return [[by_id[rid] for rid in group] for group in decision.ranked]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult) -> None:
+        key = pending_request.metadata.internal_request_id
+        rid = replica_id.unique_id
+        req = self._requests.pop(key, None)
+        if req is not None:
+            self._policy.on_routed(req, rid)
+        self._routed[key] = rid
+        self._in_flight[rid] += 1
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        rid = self._routed.pop(internal_request_id, None)
+        if rid is not None and self._in_flight[rid] > 0:
+            self._in_flight[rid] -= 1
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self._forget(replica_id.unique_id)
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        gone = set(self._in_flight) - {r.replica_id.unique_id for r in replicas}
+        super().update_replicas(replicas)
+        for rid in gone:
+            self._forget(rid)
+
+    def _forget(self, rid: str) -> None:
+        self._policy.on_replica_removed(rid)
+        self._in_flight.pop(rid, None)

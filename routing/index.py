@@ -1,0 +1,86 @@
+"""Which replica holds which prompt blocks: a hash -> replicas map with an LRU bound per replica.
+
+A replica's entries come from two sources: what the router itself sent there (recorded at routing
+time, so a burst of requests sharing a prefix follows the first before any engine reports back) and,
+in precise mode, the engine's KV events (stored / removed / all cleared). Each replica's entries are
+bounded by ``capacity_blocks``, oldest-used first out, mirroring the engine's LRU eviction, so the
+index's memory is bounded by ``replicas x capacity_blocks`` whatever the traffic.
+
+A prefix only helps when it is held from the first block on (vLLM matches consecutive blocks from
+the start), so :meth:`PrefixIndex.match` counts leading blocks.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+from routing.hashing import BlockHash
+
+
+class PrefixIndex:
+    """Invariant: ``r in _owners[h]`` iff ``h in _lru[r]``; ``len(_lru[r]) <= capacity_blocks``."""
+
+    def __init__(self, capacity_blocks: int) -> None:
+        if capacity_blocks <= 0:
+            raise ValueError("capacity_blocks must be positive")
+        self.capacity_blocks = capacity_blocks
+        self._owners: dict[BlockHash, set[str]] = {}
+        self._lru: dict[str, OrderedDict[BlockHash, None]] = {}
+
+    def match(self, hashes: Sequence[BlockHash]) -> dict[str, int]:
+        """Leading blocks of ``hashes`` each replica holds (replicas holding none are absent)."""
+        held: dict[str, int] = {}
+        alive: set[str] | None = None
+        for depth, h in enumerate(hashes, start=1):
+            owners = self._owners.get(h)
+            if not owners:
+                break
+            alive = set(owners) if alive is None else alive & owners
+            if not alive:
+                break
+            for replica in alive:
+                held[replica] = depth
+        return held
+
+    def insert(self, replica: str, hashes: Iterable[BlockHash]) -> None:
+        """Mark ``hashes`` as held by ``replica`` (most recently used), evicting its oldest beyond capacity."""
+        lru = self._lru.setdefault(replica, OrderedDict())
+        for h in hashes:
+            if h in lru:
+                lru.move_to_end(h)
+                continue
+            lru[h] = None
+            self._owners.setdefault(h, set()).add(replica)
+        while len(lru) > self.capacity_blocks:
+            old, _ = lru.popitem(last=False)
+            self._forget(old, replica)
+
+    def remove(self, replica: str, hashes: Iterable[BlockHash]) -> None:
+        lru = self._lru.get(replica)
+        if lru is None:
+            return
+        for h in hashes:
+            if lru.pop(h, 0) is None:
+                self._forget(h, replica)
+
+    def drop_replica(self, replica: str) -> None:
+        for h in self._lru.pop(replica, OrderedDict()):
+            self._forget(h, replica)
+
+    def blocks_held(self, replica: str) -> int:
+        return len(self._lru.get(replica, ()))
+
+    def size_blocks(self) -> int:
+        """Total (replica, block) entries: the index's memory in entries."""
+        return sum(len(lru) for lru in self._lru.values())
+
+    def replicas(self) -> list[str]:
+        return list(self._lru)
+
+    def _forget(self, h: BlockHash, replica: str) -> None:
+        owners = self._owners.get(h)
+        if owners is not None:
+            owners.discard(replica)
+            if not owners:
+                del self._owners[h]

@@ -1,0 +1,107 @@
+"""prefix: send a request where its prompt's KV blocks already are, unless that replica is busy.
+
+For each replica r with leading matched blocks m_r (of the prompt's n full blocks), fill f_r =
+in_flight / capacity and KV usage k_r:
+
+    score_r = w_prefix * m_r / n  -  w_load * f_r  -  w_kv * k_r  (+ w_session for the session's replica)
+
+The best score wins, with these guards, checked in order:
+
+1. imbalance — when ``max(in_flight) - min(in_flight) > imbalance_abs`` and
+   ``max > imbalance_rel * min`` the least-loaded replica takes the request (SGLang's rule), so a hot
+   prefix cannot pile every request onto one replica;
+2. full — replicas at capacity rank after every replica with room;
+3. cold — when no replica holds at least ``min_match_fraction`` of the prompt's blocks, the least-loaded
+   replica wins, ties going to the replica holding the fewest blocks, which spreads new prefixes over
+   the cluster. The threshold keeps a short shared preamble (BOS and chat-template boilerplate, a block
+   or two every prompt has) from pulling every new conversation onto the first replica.
+
+``on_routed`` records the prompt's blocks for the chosen replica at once, so siblings of a burst
+sharing a prefix follow the first before the engine has even started it.
+
+Parameters: ``weight_prefix`` (1.0), ``weight_load`` (0.5), ``weight_kv`` (0.1), ``weight_session`` (1.0),
+``imbalance_abs`` (>= 0, in requests; 8), ``imbalance_rel`` (>= 1; 1.5), ``min_match_fraction`` (0..1; 0.1),
+``capacity_blocks`` (index entries per replica).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from routing.index import PrefixIndex
+from routing.policy import Decision, ReplicaLoad, RouteRequest
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixPolicyConfig:
+    weight_prefix: float = 1.0
+    weight_load: float = 0.5
+    weight_kv: float = 0.1
+    weight_session: float = 1.0
+    imbalance_abs: int = 8
+    imbalance_rel: float = 1.5
+    min_match_fraction: float = 0.1
+    capacity_blocks: int = 65536
+
+
+def _session_rank(key: str, replica_id: str) -> bytes:
+    """Rendezvous hashing: each key prefers the replica with the highest digest, stably."""
+    return hashlib.blake2b(f"{key}\x00{replica_id}".encode(), digest_size=8).digest()
+
+
+class PrefixPolicy:
+    name: ClassVar[str] = "prefix"
+
+    def __init__(self, config: PrefixPolicyConfig | None = None) -> None:
+        self.config = config or PrefixPolicyConfig()
+        self.index = PrefixIndex(self.config.capacity_blocks)
+
+    def choose(self, request: RouteRequest, replicas: Sequence[ReplicaLoad]) -> Decision:
+        cfg = self.config
+        loads = [r.in_flight for r in replicas]
+        least_loaded = sorted(
+            replicas,
+            key=lambda r: (
+                r.fill,
+                r.waiting,
+                self.index.blocks_held(r.replica_id),
+                _session_rank(request.request_id, r.replica_id),  # a stateless, even tie-break
+            ),
+        )
+        n = max(1, len(request.block_hashes))
+        held = {r: m for r, m in self.index.match(request.block_hashes).items() if m / n >= cfg.min_match_fraction}
+        if max(loads) - min(loads) > cfg.imbalance_abs and max(loads) > cfg.imbalance_rel * min(loads):
+            return self._ranked(least_loaded, "imbalance", held)
+        session = None
+        if request.session_key is not None:
+            session = max(replicas, key=lambda r: _session_rank(request.session_key or "", r.replica_id)).replica_id
+        if not held and session is None:
+            return self._ranked(least_loaded, "cold", held)
+
+        def score(r: ReplicaLoad) -> float:
+            s = (
+                cfg.weight_prefix * held.get(r.replica_id, 0) / n
+                - cfg.weight_load * r.fill
+                - cfg.weight_kv * r.kv_usage
+            )
+            return s + (cfg.weight_session if r.replica_id == session else 0.0)
+
+        best = sorted(replicas, key=lambda r: (-score(r), r.fill, r.replica_id))
+        reason = "session" if session is not None and best[0].replica_id == session else "prefix"
+        return self._ranked(best, reason, held)
+
+    @staticmethod
+    def _ranked(order: Sequence[ReplicaLoad], reason: str, held: dict[str, int]) -> Decision:
+        with_room = [r for r in order if r.in_flight < r.capacity]
+        full = [r for r in order if r.in_flight >= r.capacity]
+        ranked = tuple((r.replica_id,) for r in with_room + full)
+        return Decision(ranked=ranked, reason=reason, matched_blocks=held.get(ranked[0][0], 0))
+
+    def on_routed(self, request: RouteRequest, replica_id: str) -> None:
+        self.index.insert(replica_id, request.block_hashes)
+
+    def on_replica_removed(self, replica_id: str) -> None:
+        self.index.drop_replica(replica_id)

@@ -1,0 +1,140 @@
+"""Routing policies, table-driven: prefix affinity, imbalance guard, full replicas, cold spread, sessions."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from routing.policies import POLICIES, PowerOfTwoPolicy, PrefixPolicy, PrefixPolicyConfig, RoundRobinPolicy
+from routing.policy import ReplicaLoad, RouteRequest
+
+
+def _replicas(*in_flight: int, capacity: int = 8, kv: float = 0.0) -> list[ReplicaLoad]:
+    return [ReplicaLoad(f"r{i}", n, capacity, kv_usage=kv) for i, n in enumerate(in_flight)]
+
+
+def _req(hashes: range | list[int], rid: str = "x", session: str | None = None) -> RouteRequest:
+    return RouteRequest(rid, tuple(hashes), session)
+
+
+def test_registry_names():
+    assert set(POLICIES) == {"round_robin", "pow2", "prefix"}
+
+
+def test_prefix_follows_the_cache():
+    p = PrefixPolicy()
+    p.on_routed(_req(range(10)), "r2")
+    d = p.choose(_req(range(12)), _replicas(1, 1, 2))
+    assert d.first == "r2" and d.reason == "prefix" and d.matched_blocks == 10
+
+
+def test_prefix_routed_burst_lands_together_before_any_engine_report():
+    p = PrefixPolicy()
+    reps = _replicas(0, 0, 0, 0)
+    firsts = []
+    for i in range(6):
+        req = _req(range(20), rid=str(i))
+        d = p.choose(req, reps)
+        p.on_routed(req, d.first)
+        firsts.append(d.first)
+    assert len(set(firsts)) == 1
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "expected", "reason"),
+    [
+        ((20, 2, 3), "r1", "imbalance"),  # the cache holder is swamped: least loaded wins
+        ((5, 2, 3), "r0", "prefix"),  # mild load difference: stay with the cache
+    ],
+)
+def test_imbalance_guard(in_flight, expected, reason):
+    p = PrefixPolicy(PrefixPolicyConfig(imbalance_abs=8, imbalance_rel=1.5))
+    p.on_routed(_req(range(10)), "r0")
+    d = p.choose(_req(range(10)), _replicas(*in_flight, capacity=64))
+    assert (d.first, d.reason) == (expected, reason)
+
+
+def test_full_replica_ranks_last_even_with_the_cache():
+    p = PrefixPolicy(PrefixPolicyConfig(imbalance_abs=100))
+    p.on_routed(_req(range(10)), "r0")
+    d = p.choose(_req(range(10)), _replicas(8, 7, 7, capacity=8))
+    assert d.first != "r0" and d.ranked[-1] == ("r0",)
+
+
+def test_cold_requests_spread_over_replicas():
+    p = PrefixPolicy()
+    in_flight = Counter()
+    for i in range(12):
+        req = _req([1000 * i + k for k in range(5)], rid=str(i))
+        reps = [ReplicaLoad(f"r{j}", in_flight[f"r{j}"], 64) for j in range(4)]
+        d = p.choose(req, reps)
+        assert d.reason == "cold"
+        p.on_routed(req, d.first)
+        in_flight[d.first] += 1
+    assert sorted(in_flight.values()) == [3, 3, 3, 3]
+
+
+def test_session_affinity_is_stable_and_spreads():
+    p = PrefixPolicy()
+    reps = _replicas(0, 0, 0, 0)
+    chosen = {s: p.choose(_req([], session=s), reps).first for s in (f"user-{i}" for i in range(40))}
+    again = {s: p.choose(_req([], session=s), reps).first for s in chosen}
+    assert chosen == again
+    assert len(set(chosen.values())) == 4
+
+
+def test_round_robin_takes_turns_and_skips_full():
+    p = RoundRobinPolicy()
+    seen = []
+    for _ in range(4):
+        d = p.choose(_req([]), _replicas(0, 8, 0, capacity=8))
+        p.on_routed(_req([]), d.first)
+        seen.append(d.first)
+    assert "r1" not in seen and set(seen) == {"r0", "r2"}
+
+
+def test_pow2_prefers_less_loaded_of_its_pair():
+    p = PowerOfTwoPolicy(seed=0)
+    rng_counts = Counter(p.choose(_req([]), _replicas(0, 6)).ranked[0][0] for _ in range(50))
+    assert rng_counts == {"r0": 50}  # with two replicas the pair is both; the idle one ranks first
+
+
+def test_choose_does_not_mutate():
+    p = PrefixPolicy()
+    req = _req(range(5))
+    p.choose(req, _replicas(0, 0))
+    assert p.index.size_blocks() == 0
+
+
+def test_removed_replica_is_forgotten():
+    p = PrefixPolicy()
+    p.on_routed(_req(range(5)), "r0")
+    p.on_replica_removed("r0")
+    assert p.choose(_req(range(5)), _replicas(0, 0)).reason == "cold"
+
+
+def test_random_workload_never_picks_a_full_replica_when_one_has_room():
+    rng = random.Random(7)
+    p = PrefixPolicy()
+    for i in range(300):
+        reps = [ReplicaLoad(f"r{j}", rng.randrange(0, 9), 8) for j in range(5)]
+        req = _req(range(rng.randrange(0, 3) * 10, 40), rid=str(i))
+        d = p.choose(req, reps)
+        p.on_routed(req, d.first)
+        if any(r.in_flight < r.capacity for r in reps):
+            assert next(r for r in reps if r.replica_id == d.first).in_flight < 8
+
+
+def test_short_shared_preamble_does_not_pull_new_prompts_together():
+    """Chat-template boilerplate shares a block or two across all prompts: still a cold prompt."""
+    p = PrefixPolicy(PrefixPolicyConfig(min_match_fraction=0.1))
+    chosen = []
+    for i in range(4):
+        req = _req([0, *range(1000 * (i + 1), 1000 * (i + 1) + 30)], rid=str(i))  # block 0 shared by all
+        d = p.choose(req, _replicas(0, 0))
+        p.on_routed(req, d.first)
+        chosen.append((d.first, d.reason))
+    assert {c for c, _ in chosen} == {"r0", "r1"}
+    assert all(reason == "cold" for _, reason in chosen)
