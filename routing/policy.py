@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
+from routing.events import KvEvent
 from routing.hashing import BlockHash
 
 
@@ -53,3 +54,7 @@ class Policy(Protocol):
     def on_routed(self, request: RouteRequest, replica_id: str) -> None: ...
 
     def on_replica_removed(self, replica_id: str) -> None: ...
+
+    def observe(self, event: KvEvent) -> None:
+        """A replica's KV cache changed (precise mode) or a sibling router routed there."""
+        ...

@@ -138,3 +138,33 @@ def test_short_shared_preamble_does_not_pull_new_prompts_together():
         chosen.append((d.first, d.reason))
     assert {c for c, _ in chosen} == {"r0", "r1"}
     assert all(reason == "cold" for _, reason in chosen)
+
+
+def test_prefix_policy_follows_kv_events():
+    from routing.events import BlocksRemoved, BlocksStored, ReplicaCleared, ReplicaSnapshot
+
+    policy = PrefixPolicy()
+    hashes = tuple(range(1, 9))
+    policy.observe(BlocksStored("a", hashes))
+    assert policy.index.match(hashes) == {"a": 8}
+    policy.observe(BlocksRemoved("a", hashes[4:]))  # the engine evicted the tail
+    assert policy.index.match(hashes) == {"a": 4}
+    policy.observe(ReplicaSnapshot("b", hashes[:2]))
+    assert policy.index.match(hashes) == {"a": 4, "b": 2}
+    policy.observe(ReplicaCleared("a"))
+    assert policy.index.match(hashes) == {"b": 2}
+    assert policy.index.blocks_held("a") == 0
+
+
+def test_kv_event_wire_form_round_trips():
+    from routing import events
+
+    for event in (
+        events.BlocksStored("r1", (1, 2**64 - 1)),
+        events.BlocksRemoved("r1", (5,)),
+        events.ReplicaCleared("r2"),
+        events.ReplicaSnapshot("r3", ()),
+    ):
+        assert events.decode(events.encode(event)) == event
+    with pytest.raises((ValueError, KeyError)):
+        events.decode(b'{"t":"?","r":"x"}')

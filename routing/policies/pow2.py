@@ -6,6 +6,7 @@ import random
 from collections.abc import Sequence
 from typing import ClassVar
 
+from routing.events import KvEvent
 from routing.policy import Decision, ReplicaLoad, RouteRequest
 
 
@@ -26,3 +27,6 @@ class PowerOfTwoPolicy:
 
     def on_replica_removed(self, replica_id: str) -> None:
         """Stateless."""
+
+    def observe(self, event: KvEvent) -> None:
+        """Blind to caches."""

@@ -17,7 +17,9 @@ The best score wins, with these guards, checked in order:
    or two every prompt has) from pulling every new conversation onto the first replica.
 
 ``on_routed`` records the prompt's blocks for the chosen replica at once, so siblings of a burst
-sharing a prefix follow the first before the engine has even started it.
+sharing a prefix follow the first before the engine has even started it. In precise mode
+``observe`` applies the engines' KV events: stored blocks are added, evicted ones removed, a cleared
+cache forgotten, so the index follows what each replica really holds.
 
 Parameters: ``weight_prefix`` (1.0), ``weight_load`` (0.5), ``weight_kv`` (0.1), ``weight_session`` (1.0),
 ``imbalance_abs`` (>= 0, in requests; 8), ``imbalance_rel`` (>= 1; 1.5), ``min_match_fraction`` (0..1; 0.1),
@@ -31,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from routing.events import BlocksRemoved, BlocksStored, KvEvent, ReplicaCleared, ReplicaSnapshot
 from routing.index import PrefixIndex
 from routing.policy import Decision, ReplicaLoad, RouteRequest
 
@@ -105,3 +108,15 @@ class PrefixPolicy:
 
     def on_replica_removed(self, replica_id: str) -> None:
         self.index.drop_replica(replica_id)
+
+    def observe(self, event: KvEvent) -> None:
+        match event:
+            case BlocksStored(replica, hashes):
+                self.index.insert(replica, hashes)
+            case BlocksRemoved(replica, hashes):
+                self.index.remove(replica, hashes)
+            case ReplicaCleared(replica):
+                self.index.drop_replica(replica)
+            case ReplicaSnapshot(replica, hashes):
+                self.index.drop_replica(replica)
+                self.index.insert(replica, hashes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from routing.events import KvEvent
 from routing.policy import Decision, ReplicaLoad, RouteRequest
 
 
@@ -26,3 +27,6 @@ class RoundRobinPolicy:
 
     def on_replica_removed(self, replica_id: str) -> None:
         """Stateless per replica."""
+
+    def observe(self, event: KvEvent) -> None:
+        """Blind to caches."""
