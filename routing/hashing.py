@@ -7,6 +7,12 @@ chains them: ``hash_i = H((hash_{i-1} or NONE_HASH, tuple(block_i), extra_keys))
 Using the same function lets the router's index meet the engines' events hash for hash; the router
 hashes each prompt once and every policy reuses the result.
 
+Hybrid models (Gemma-4: sliding-window and full-attention layers) may page a KV group in blocks
+larger than the hashing block: vLLM then names a group block by the chain hash at its last hashing
+boundary (``BlockHashListWithBlockSize``), which :func:`block_hashes` reproduces with
+``group_block_size``. :func:`infer_hash_block_size` recovers the hashing block size from one KV event,
+since only the engine core process knows it.
+
 Only plain text prompts are hashed: requests with a LoRA, multimodal input or a cache salt carry
 ``extra_keys`` in vLLM and are routed as cold (their hashes would never match).
 """
@@ -34,13 +40,44 @@ def none_hash(seed: str = DEFAULT_NONE_HASH_SEED) -> bytes:
     return _sha256(seed)
 
 
-def block_hashes(token_ids: Sequence[int], block_size: int, seed: str = DEFAULT_NONE_HASH_SEED) -> list[BlockHash]:
-    """External hashes of the prompt's full blocks, in order (a trailing partial block is not cached)."""
+def block_hashes(
+    token_ids: Sequence[int],
+    block_size: int,
+    group_block_size: int | None = None,
+    align_tokens: int | None = None,
+    seed: str = DEFAULT_NONE_HASH_SEED,
+) -> list[BlockHash]:
+    """External hashes of the prompt's full blocks, in order (a trailing partial block is not cached).
+
+    ``block_size`` is the hashing block; with ``group_block_size`` (a multiple of it) the hashes are
+    those of the KV group's larger blocks. With ``align_tokens`` only the first multiple of it is
+    hashed: a hybrid model's engine caches (and reuses) prompts in units of the least common multiple
+    of its groups' block sizes, so blocks past that boundary are never stored.
+    """
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
+    group = group_block_size or block_size
+    if group % block_size:
+        raise ValueError(f"group block size {group} is not a multiple of the hashing block size {block_size}")
+    scale = group // block_size
+    end = len(token_ids) if not align_tokens else len(token_ids) // align_tokens * align_tokens
     parent = none_hash(seed)
     out: list[BlockHash] = []
-    for start in range(0, len(token_ids) - block_size + 1, block_size):
+    for i, start in enumerate(range(0, end - block_size + 1, block_size), start=1):
         parent = _sha256((parent, tuple(token_ids[start : start + block_size]), None))
-        out.append(BlockHash(int.from_bytes(parent, "big") & _MASK_64))
+        if i % scale == 0:
+            out.append(BlockHash(int.from_bytes(parent, "big") & _MASK_64))
     return out
+
+
+def infer_hash_block_size(
+    token_ids: Sequence[int], group_block_size: int, hashes: Sequence[int], seed: str = DEFAULT_NONE_HASH_SEED
+) -> int | None:
+    """The hashing block size that turns a prompt's first blocks into ``hashes`` (from a KV event whose
+    blocks start at token 0), or None if no divisor of ``group_block_size`` does."""
+    if not hashes:
+        return None
+    for size in sorted(d for d in range(1, group_block_size + 1) if group_block_size % d == 0):
+        if block_hashes(token_ids, size, group_block_size, seed=seed)[: len(hashes)] == list(hashes):
+            return size
+    return None

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from routing.hashing import block_hashes
+from routing.hashing import block_hashes, infer_hash_block_size
 
 
 def _vllm_hashes(tokens: list[int], block_size: int) -> list[int]:
@@ -41,3 +41,34 @@ def test_prefix_property_and_partial_block():
 def test_rejects_bad_block_size():
     with pytest.raises(ValueError):
         block_hashes([1, 2, 3], 0)
+
+
+def test_group_blocks_are_vllms_larger_block_view():
+    """A KV group paged in 4x blocks is named by every 4th chain hash (vLLM's BlockHashListWithBlockSize)."""
+    from vllm.v1.core.kv_cache_utils import BlockHash as VllmBlockHash
+    from vllm.v1.core.kv_cache_utils import BlockHashListWithBlockSize, maybe_convert_block_hash
+
+    rng = random.Random(1)
+    tokens = [rng.randrange(262144) for _ in range(300)]
+    fine = block_hashes(tokens, 16)
+    raw = [VllmBlockHash(h.to_bytes(32, "big")) for h in fine]  # external form survives the round trip
+    view = BlockHashListWithBlockSize(raw, 16, 64)
+    expected = [maybe_convert_block_hash(view[i]) & ((1 << 64) - 1) for i in range(len(view))]
+    assert block_hashes(tokens, 16, group_block_size=64) == expected
+    assert len(expected) == 300 // 64
+
+
+def test_infers_the_hashing_block_size_from_an_event():
+    tokens = list(range(1000, 1600))
+    event_hashes = block_hashes(tokens, 32, group_block_size=256)
+    assert infer_hash_block_size(tokens, 256, event_hashes) == 32
+    assert infer_hash_block_size(tokens, 256, [12345]) is None
+    with pytest.raises(ValueError):
+        block_hashes(tokens, 32, group_block_size=48)
+
+
+def test_alignment_hashes_only_whole_cache_units():
+    tokens = list(range(1458))
+    aligned = block_hashes(tokens, 32, align_tokens=512)
+    assert len(aligned) == 1024 // 32
+    assert aligned == block_hashes(tokens, 32)[:32]
