@@ -24,8 +24,10 @@ from typing import Any
 
 from deployments import parser_cache
 from deployments.engine_args import vllm_serve_argv
+from deployments.kv_events import KvEventRelay, kv_events_config
+from deployments.kv_stream import EventStreamWriter
 from deployments.replica_stats import ReplicaStats, ReplicaStatsLogger
-from serve_app.config import ModelConfig
+from serve_app.config import KvStreamSettings, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,11 @@ Reply = tuple[str, int, Any]
 class EngineReplica:
     """Serve deployment class; the builder wraps it with per-model options."""
 
-    async def __init__(self, model: ModelConfig) -> None:
+    async def __init__(self, model: ModelConfig, kv_stream: KvStreamSettings | None = None) -> None:
+        """``kv_stream`` is given in precise routing mode: the engine's KV events are relayed there."""
+        import tempfile
+
+        from ray import serve
         from starlette.datastructures import State
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -49,8 +55,15 @@ class EngineReplica:
         self._stats = ReplicaStats()
         self._stats_lock = threading.Lock()
         self._ongoing = 0
+        self._relay: KvEventRelay | None = None
+        events_config = None
+        if kv_stream is not None:
+            replica_id = serve.get_replica_context().replica_id.unique_id
+            endpoint = f"ipc://{tempfile.gettempdir()}/dflash-kv-{replica_id}.sock"
+            self._relay = KvEventRelay(replica_id, endpoint, EventStreamWriter(kv_stream), kv_stream.snapshot_period_s)
+            events_config = kv_events_config(endpoint)
 
-        args = make_arg_parser(FlexibleArgumentParser()).parse_args(vllm_serve_argv(model))
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(vllm_serve_argv(model, events_config))
         validate_parsed_serve_args(args)
         engine_args = AsyncEngineArgs.from_cli_args(args)
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
@@ -79,6 +92,20 @@ class EngineReplica:
     async def completions(self, request: Any, routing: Any = None) -> AsyncIterator[Reply]:
         async for reply in self._serve(self._completion.create_completion(request, None)):
             yield reply
+
+    async def render_chat_ids(self, request: Any) -> list[int] | dict[str, Any]:
+        """vLLM's own rendering of a chat request (its prompt token ids), or its error body.
+
+        The ingress renders chat prompts itself, once, for routing and for the engine; this is the
+        reference it must match (tests compare the two on every request shape we forward).
+        """
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        result = await self._chat.render_chat_request(request)
+        if isinstance(result, ErrorResponse):
+            return result.model_dump(mode="json")
+        _conversation, engine_inputs = result
+        return list(engine_inputs[0]["prompt_token_ids"])
 
     async def _serve(self, call: Awaitable[Any]) -> AsyncIterator[Reply]:
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -112,7 +139,11 @@ class EngineReplica:
         with self._stats_lock:
             out = self._stats.as_dict()
         out["ongoing_requests"] = float(self._ongoing)
-        out["block_size"] = float(self._block_size)
+        geometry = self._relay.geometry if self._relay is not None else None
+        hash_block, group_block, align = geometry or (self._block_size, self._block_size, self._block_size)
+        out["block_size"] = float(hash_block)
+        out["group_block_size"] = float(group_block)
+        out["cache_align_tokens"] = float(align)
         # Requests the engine still tracks: drops to 0 only once aborted or finished requests are gone.
         out["engine_unfinished_requests"] = float(self._engine.output_processor.get_num_unfinished_requests())
         return out
@@ -142,3 +173,6 @@ class EngineReplica:
         engine = getattr(self, "_engine", None)
         if engine is not None:
             engine.shutdown()
+        relay = getattr(self, "_relay", None)
+        if relay is not None:
+            relay.close()

@@ -42,8 +42,8 @@ def speculative_config(model: ModelConfig) -> dict[str, Any] | None:
     return out
 
 
-def vllm_serve_argv(model: ModelConfig) -> list[str]:
-    """The arguments of ``vllm serve`` that reproduce this model's engine."""
+def vllm_serve_argv(model: ModelConfig, kv_events_config: dict[str, Any] | None = None) -> list[str]:
+    """The arguments of ``vllm serve`` that reproduce this model's engine (plus its KV event publisher)."""
     eng = model.engine
     argv = ["--model", model.target, "--served-model-name", model.id]
     if model.tokenizer:
@@ -56,6 +56,7 @@ def vllm_serve_argv(model: ModelConfig) -> list[str]:
         "enforce_eager": eng.enforce_eager,
         "enable_prefix_caching": eng.enable_prefix_caching,
         "dtype": eng.dtype,
+        "chat_template_content_format": eng.chat_template_content_format,
         "seed": eng.seed,
     }
     if eng.kv_cache_memory_gib is not None:
@@ -72,6 +73,8 @@ def vllm_serve_argv(model: ModelConfig) -> list[str]:
     spec = speculative_config(model)
     if spec is not None:
         options["speculative_config"] = spec
+    if kv_events_config is not None:
+        options["kv_events_config"] = kv_events_config
     clashes = sorted(set(options) & set(eng.extra_engine_args))
     if clashes:
         raise ValueError(f"model {model.id!r}: extra_engine_args repeats {clashes}; set them in `engine` instead")

@@ -24,6 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from deployments import router_metrics
 from deployments.errors import ApiError, error_body, from_validation_error
 from deployments.metrics_merge import merge_expositions
 from deployments.router import RoutingHint
@@ -78,27 +79,49 @@ def _load_tokenizer(source: str) -> Any:
     return get_tokenizer(source)
 
 
-def _prompt_token_ids(tokenizer: Any, kind: str, req: Any) -> list[int]:
-    """The prompt as the engine will see it: chat template applied for chat, BOS added for completions."""
+_PLAIN_MESSAGE_KEYS = frozenset({"role", "content", "name"})
+
+
+def _plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Messages as vLLM's 'string' content format hands them to the template (text parts joined by
+    newlines), or None when vLLM transforms them further (tool calls, reasoning, media): those are left
+    to vLLM to render."""
+    out = []
+    for msg in messages:
+        if set(msg) - _PLAIN_MESSAGE_KEYS:
+            return None
+        content = msg.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+                return None
+            content = "\n".join(str(p.get("text", "")) for p in content)
+        out.append({**msg, "content": content})
+    return out
+
+
+def _prompt_token_ids(tokenizer: Any, kind: str, req: Any) -> tuple[list[int], bool]:
+    """The prompt as the engine will see it (chat template applied for chat, BOS added for completions),
+    and whether it is exactly vLLM's rendering, so that the engine may take it in place of its own."""
     if kind == "completions":
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-            return list(prompt)
+            return list(prompt), True
         if isinstance(prompt, list):  # a batch: route on its first prompt
-            prompt = prompt[0] if prompt else ""
-        return list(tokenizer.encode(prompt, add_special_tokens=req.add_special_tokens))
+            return list(tokenizer.encode(prompt[0] if prompt else "", add_special_tokens=req.add_special_tokens)), False
+        return list(tokenizer.encode(prompt, add_special_tokens=req.add_special_tokens)), True
     kwargs = dict(req.chat_template_kwargs or {})
-    messages = [m if isinstance(m, dict) else m.model_dump(exclude_none=True) for m in req.messages]
-    tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+    raw = [m if isinstance(m, dict) else m.model_dump(exclude_none=True) for m in req.messages]
+    plain = _plain_messages(raw)
+    tools = [t.model_dump() for t in req.tools] if req.tools else None  # as vLLM passes them, None fields too
     ids = tokenizer.apply_chat_template(
-        messages,
+        plain if plain is not None else raw,
         tools=tools,
         add_generation_prompt=req.add_generation_prompt,
         tokenize=True,
         return_dict=False,
         **kwargs,
     )
-    return list(ids)
+    return list(ids), plain is not None
 
 
 def _protocol(kind: str) -> type:
@@ -183,8 +206,12 @@ class Ingress:
     async def metrics(self, request: Request) -> Response:
         if self._config.auth.protect_metrics:
             self._authorize(request)
-        parts = [await self._engine_metrics(), generate_latest(self._metrics.registry).decode()]
+        parts = [await self._engine_metrics(), await self._ingress_metrics()]
         return PlainTextResponse("".join(parts), media_type="text/plain; version=0.0.4")
+
+    def own_metrics_text(self) -> str:
+        """This ingress replica's series and its routers' (the /metrics handler sums every replica's)."""
+        return generate_latest(self._metrics.registry).decode() + generate_latest(router_metrics.REGISTRY).decode()
 
     # ----------------------------------------------------------------------------- helpers
 
@@ -260,6 +287,8 @@ class Ingress:
             if model_id not in self._engines:
                 raise self._unknown_model(model_id)
             model_label = model_id
+            if body.pop("kv_transfer_params", None) is not None:
+                logger.debug("client kv_transfer_params ignored: no disaggregated prefill here")
             req = self._validate(kind, body)
             req.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
             hint = self._routing_hint(kind, model_id, req, request)
@@ -280,12 +309,19 @@ class Ingress:
         tokenizer = self._tokenizers.get(model_id)
         token_ids: list[int] = []
         if tokenizer is not None:
+            exact = False
             try:
-                token_ids = _prompt_token_ids(tokenizer, kind, req)
+                token_ids, exact = _prompt_token_ids(tokenizer, kind, req)
             except Exception as exc:  # noqa: BLE001 - e.g. a template error vLLM will report properly
                 logger.debug("request %s routed without its prompt tokens: %r", req.request_id, exc)
-            if kind == "completions" and token_ids and isinstance(req.prompt, str):
+            # When our ids are not exactly vLLM's (tool-call history, media), vLLM renders the prompt
+            # itself and the router routes on our close approximation.
+            if exact and kind == "completions" and isinstance(req.prompt, str):
                 req.prompt = token_ids  # tokenized once: the engine takes these ids as the prompt
+            elif exact and kind == "chat" and not req.echo:
+                # Tokenized once: vLLM's chat layer takes forwarded ids in place of its own rendering
+                # (its disaggregated-serving path), still parsing reasoning and tool calls as usual.
+                req.kv_transfer_params = {"prompt_token_ids": token_ids}
         return RoutingHint(token_ids=tuple(token_ids), session_key=session)
 
     async def _dispatch(self, kind: str, model_id: str, req: Any, hint: RoutingHint, start: float) -> Response:
@@ -344,6 +380,18 @@ class Ingress:
     def _observe(self, model: str, endpoint: str, status: int, start: float) -> None:
         self._metrics.requests.labels(model, endpoint, str(status)).inc()
         self._metrics.latency.labels(model, endpoint).observe(time.perf_counter() - start)
+
+    async def _ingress_metrics(self) -> str:
+        """Every ingress replica's own and routing series, summed: a scrape through the load balancer
+        sees the whole front, not whichever replica answered."""
+        ctx = serve.get_replica_context()
+        handle = serve.get_deployment_handle(ctx.deployment, app_name=ctx.app_name)
+        try:
+            results = await handle.broadcast("own_metrics_text").results_async(timeout_s=5, return_exceptions=True)
+        except TimeoutError:
+            results = []
+        texts = [r for r in results if isinstance(r, str)] or [self.own_metrics_text()]
+        return merge_expositions(texts, prefix="dflash_")
 
     async def _engine_metrics(self) -> str:
         """vLLM metrics of every engine replica, summed per model, plus replica counts."""

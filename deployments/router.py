@@ -6,20 +6,32 @@ session key), hashes the prompt once with the engines' own KV block size (report
 snapshots each replica's load — the requests this router has in flight there, plus the queue and KV
 usage the replica last reported — and returns the policy's ranking. Serve then sends the request to
 the first rank with room, probing queue lengths as usual.
+
+With a shared routing stream (``redis_url`` set) the router also follows the model's stream in Redis:
+the engines' KV events (precise mode) and sibling routers' decisions reach its policy through
+``Policy.observe``, and it publishes its own decisions there, so every ingress replica routes on the
+same picture. The stream runs on the router's own event loop (the one deciding), never on a
+request's path: with Redis away the router keeps routing on what it knows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, ReplicaResult, RequestRouter, RunningReplica
 
+from deployments import router_metrics as metrics
+from deployments.kv_stream import StreamFollower
+from routing.events import BlocksStored, KvEvent
 from routing.hashing import block_hashes
 from routing.policies import POLICIES, PrefixPolicyConfig
 from routing.policy import Policy, ReplicaLoad, RouteRequest
+from serve_app.config import KvStreamSettings
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +56,44 @@ def make_policy(name: str, options: dict[str, Any]) -> Policy:
 class PolicyRequestRouter(FIFOMixin, RequestRouter):
     """Serve ``RequestRouter`` shell around a :class:`routing.policy.Policy`."""
 
-    def initialize_state(self, policy: str = "prefix", policy_options: dict[str, Any] | None = None) -> None:
+    def initialize_state(
+        self,
+        model: str = "",
+        policy: str = "prefix",
+        policy_options: dict[str, Any] | None = None,
+        kv_stream: dict[str, Any] | None = None,
+    ) -> None:
+        self._model = model
+        self._policy_name = policy
         self._policy = make_policy(policy, policy_options or {})
         self._in_flight: Counter[str] = Counter()
         self._routed: dict[str, str] = {}  # internal request id -> replica id, until completed
         self._requests: OrderedDict[str, RouteRequest] = OrderedDict()
-        self.decisions: Counter[str] = Counter()  # reason -> count, for metrics
+        self._predicted: dict[str, tuple[str, int]] = {}  # request -> (first choice, blocks it holds)
+        self._block_size = DEFAULT_BLOCK_SIZE  # hashing block, and the followed KV group's block:
+        self._group_block_size = DEFAULT_BLOCK_SIZE  # what the replicas report, with the
+        self._align_tokens = DEFAULT_BLOCK_SIZE  # unit in which the engines cache prompts
+        self._stream: StreamFollower | None = None
+        if kv_stream is not None:
+            self._stream = StreamFollower(KvStreamSettings(**kv_stream), self._observe)
+            self._start_stream()
+
+    def _start_stream(self) -> None:
+        """Start following as soon as we run on the router's loop (Serve may build us off it)."""
+        if self._stream is None:
+            return
+        try:
+            self._stream.start()
+        except RuntimeError:
+            return  # no running loop yet: the first routing decision starts it
+        metrics.STREAM_CONNECTED.labels(self._model).set_function(lambda: float(self._stream_connected()))
+
+    def _stream_connected(self) -> bool:
+        return self._stream is not None and self._stream.connected
+
+    def _observe(self, event: KvEvent) -> None:
+        self._policy.observe(event)
+        metrics.STREAM_EVENTS.labels(self._model).inc()
 
     def _route_request(self, pending: PendingRequest, replicas: list[RunningReplica]) -> RouteRequest:
         key = pending.metadata.internal_request_id
@@ -62,11 +106,12 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
         hashes: tuple[int, ...] = ()
         session = None
         if hint is not None and hasattr(hint, "token_ids"):
-            block_size = next(
-                (int(r.routing_stats["block_size"]) for r in replicas if r.routing_stats.get("block_size")),
-                DEFAULT_BLOCK_SIZE,
-            )
-            hashes = tuple(block_hashes(hint.token_ids, block_size))
+            reported = next((r.routing_stats for r in replicas if r.routing_stats.get("block_size")), None)
+            if reported is not None:
+                self._block_size = int(reported["block_size"])
+                self._group_block_size = int(reported.get("group_block_size") or self._block_size)
+                self._align_tokens = int(reported.get("cache_align_tokens") or self._group_block_size)
+            hashes = tuple(block_hashes(hint.token_ids, self._block_size, self._group_block_size, self._align_tokens))
             session = hint.session_key
         req = RouteRequest(request_id=key, block_hashes=hashes, session_key=session)  # type: ignore[arg-type]
         self._requests[key] = req
@@ -79,6 +124,9 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
     ) -> list[list[RunningReplica]]:
         if pending_request is None or not candidate_replicas:
             return [candidate_replicas]
+        if self._stream is not None and not self._stream.started:
+            self._start_stream()
+        start = time.perf_counter()
         req = self._route_request(pending_request, candidate_replicas)
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         loads = [
@@ -92,17 +140,28 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
             for rid, r in by_id.items()
         ]
         decision = self._policy.choose(req, loads)
-        self.decisions[decision.reason] += 1
+        self._predicted[req.request_id] = (decision.first, decision.matched_blocks)
+        metrics.DECISION_SECONDS.labels(self._model, self._policy_name).observe(time.perf_counter() - start)
+        metrics.DECISIONS.labels(self._model, self._policy_name, decision.reason).inc()
         return [[by_id[rid] for rid in group] for group in decision.ranked]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult) -> None:
         key = pending_request.metadata.internal_request_id
         rid = replica_id.unique_id
         req = self._requests.pop(key, None)
+        first, matched = self._predicted.pop(key, ("", 0))
         if req is not None:
-            self._policy.on_routed(req, rid)
+            self._record(req, rid, matched if rid == first else 0)
         self._routed[key] = rid
         self._in_flight[rid] += 1
+
+    def _record(self, req: RouteRequest, rid: str, matched_blocks: int) -> None:
+        metrics.PROMPT_TOKENS.labels(self._model).inc(len(req.block_hashes) * self._group_block_size)
+        metrics.PREDICTED_HIT_TOKENS.labels(self._model).inc(matched_blocks * self._group_block_size)
+        self._policy.on_routed(req, rid)
+        metrics.INDEX_BLOCKS.labels(self._model).set(self._policy.index_size())
+        if self._stream is not None and req.block_hashes:
+            asyncio.get_running_loop().create_task(self._stream.publish(BlocksStored(rid, req.block_hashes)))
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         rid = self._routed.pop(internal_request_id, None)

@@ -55,6 +55,10 @@ class Policy(Protocol):
 
     def on_replica_removed(self, replica_id: str) -> None: ...
 
+    def index_size(self) -> int:
+        """(replica, block) entries the policy keeps: its memory, bounded by configuration."""
+        ...
+
     def observe(self, event: KvEvent) -> None:
         """A replica's KV cache changed (precise mode) or a sibling router routed there."""
         ...

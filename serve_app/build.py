@@ -18,7 +18,7 @@ from ray.serve.config import RequestRouterConfig
 from autoscaling.settings import autoscaling_config, max_ongoing_requests
 from deployments.engine import EngineReplica
 from deployments.ingress import Ingress
-from serve_app.config import AppConfig, BuildArgs, ModelConfig
+from serve_app.config import AppConfig, BuildArgs, KvStreamSettings, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,15 @@ def localize(model: ModelConfig) -> ModelConfig:
     return model.model_copy(update=update)
 
 
-def engine_options(model: ModelConfig) -> dict[str, Any]:
+def engine_options(model: ModelConfig, kv_stream: KvStreamSettings | None = None) -> dict[str, Any]:
     """Serve deployment options of the model's engine deployment."""
     r = model.replicas
+    router_kwargs = {
+        "model": model.id,
+        "policy": model.routing.policy,
+        "policy_options": model.routing.policy_options(),
+        "kv_stream": kv_stream.model_dump() if kv_stream is not None else None,
+    }
     actor: dict[str, Any] = {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus}
     if r.accelerator_type:
         actor["accelerator_type"] = r.accelerator_type
@@ -59,7 +65,7 @@ def engine_options(model: ModelConfig) -> dict[str, Any]:
         "graceful_shutdown_timeout_s": r.graceful_shutdown_timeout_s,
         "request_router_config": RequestRouterConfig(
             request_router_class=ROUTER_CLASS,
-            request_router_kwargs={"policy": model.routing.policy, "policy_options": model.routing.policy_options()},
+            request_router_kwargs=router_kwargs,
             request_routing_stats_period_s=model.routing.stats_period_s,
         ),
     }
@@ -79,7 +85,11 @@ def build_from_config(config: AppConfig) -> Application:
     """The application graph for ``config``: ingress -> {model id: engine deployment}."""
     models = [localize(m) for m in config.effective_models()]
     config = config.model_copy(update={"models": models, "speculative": True})
-    engines = {m.id: serve.deployment(EngineReplica).options(**engine_options(m)).bind(m) for m in models}
+    engines = {}
+    for m in models:
+        stream = config.kv_stream(m)
+        relay = stream if m.routing.mode == "precise" else None  # engines publish KV events only when precise
+        engines[m.id] = serve.deployment(EngineReplica).options(**engine_options(m, stream)).bind(m, relay)
     logger.info(
         "built app %r: %s", config.name, ", ".join(f"{m.id} (dflash={m.speculative is not None})" for m in models)
     )

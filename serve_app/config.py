@@ -73,6 +73,12 @@ class EngineConfig(_Strict):
         description="Fixed KV cache size per replica; overrides gpu_memory_utilization (which on CPU "
         "engines is a share of host RAM that must be free at start). Set it on CPU.",
     )
+    chat_template_content_format: Literal["auto", "string", "openai"] = Field(
+        "string",
+        description="How vLLM hands message content to the chat template. Gemma-4's template prints a system "
+        "message's content as is, so vLLM's auto-detected 'openai' (a list of parts) would put the list's repr "
+        "in the prompt; 'string' joins text parts with newlines, as the ingress does when it renders.",
+    )
     reasoning_parser: str | None = Field("gemma4", description="vLLM reasoning parser splitting out thinking.")
     tool_call_parser: str | None = Field("gemma4", description="vLLM tool-call parser; None disables tools.")
     extra_engine_args: dict[str, Any] = Field(
@@ -126,6 +132,11 @@ class RoutingConfig(_Strict):
         description="prefix: where the prompt's KV blocks are, balanced against load; pow2: power of two "
         "choices (Ray Serve's default); round_robin: in turn.",
     )
+    mode: Literal["approximate", "precise"] = Field(
+        "approximate",
+        description="prefix: approximate = the index holds what routers sent where; precise = also what the "
+        "engines' KV cache events say they hold and evicted (needs redis_url).",
+    )
     session_affinity: bool = Field(
         False, description="Keep a session (x-session-id header or the OpenAI `user` field) on one replica."
     )
@@ -143,6 +154,12 @@ class RoutingConfig(_Strict):
     )
     stats_period_s: float = Field(
         1.0, gt=0, description="How often replicas report load and counters to routers and /metrics."
+    )
+    events_maxlen: int = Field(
+        100_000, ge=100, description="Entries kept in the Redis stream of KV events and routing records."
+    )
+    snapshot_period_s: float = Field(
+        10.0, gt=0, description="precise: how often each engine replica writes its held blocks for late routers."
     )
 
     def policy_options(self) -> dict[str, Any]:
@@ -221,6 +238,15 @@ class IngressConfig(_Strict):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
 
 
+class KvStreamSettings(_Strict):
+    """Where one model's KV events and routing records are shared (derived from AppConfig, not written)."""
+
+    redis_url: str
+    key_prefix: str  # dflash:<app>:<model id>
+    maxlen: int
+    snapshot_period_s: float
+
+
 class AppConfig(_Strict):
     """The whole application: models, ingress, auth, shared state."""
 
@@ -228,7 +254,11 @@ class AppConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1, description="Served models, one deployment each.")
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
-    redis_url: str | None = Field(None, description="Redis for shared routing state (None: local only).")
+    redis_url: str | None = Field(
+        None,
+        description="Redis shared by all ingress replicas' routers (decisions, and KV events in precise mode); "
+        "None: each router knows only what it routed.",
+    )
     speculative: bool = Field(
         True, description="Global switch: off serves every model without its drafter (the AR baseline)."
     )
@@ -242,6 +272,27 @@ class AppConfig(_Strict):
         if dupes:
             raise ValueError(f"duplicate model ids: {dupes}")
         return self
+
+    @model_validator(mode="after")
+    def _precise_needs_redis(self) -> AppConfig:
+        for m in self.models:
+            if m.routing.mode == "precise" and (self.redis_url is None or m.routing.policy != "prefix"):
+                raise ValueError(
+                    f"model {m.id!r}: routing.mode=precise needs policy=prefix and redis_url "
+                    "(the engines' KV events reach the routers through Redis)"
+                )
+        return self
+
+    def kv_stream(self, model: ModelConfig) -> KvStreamSettings | None:
+        """The model's shared routing stream, when its routers share state through Redis."""
+        if self.redis_url is None or model.routing.policy != "prefix":
+            return None
+        return KvStreamSettings(
+            redis_url=self.redis_url,
+            key_prefix=f"dflash:{self.name}:{model.id}",
+            maxlen=model.routing.events_maxlen,
+            snapshot_period_s=model.routing.snapshot_period_s,
+        )
 
     def effective_models(self) -> list[ModelConfig]:
         """The models as they will be served, with the global speculative switch applied."""

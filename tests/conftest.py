@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +27,23 @@ def _repo_cwd() -> None:
     os.chdir(REPO_ROOT)
 
 
-def e2e_config() -> AppConfig:
+def e2e_config(redis_url: str) -> AppConfig:
     """local.yaml plus an autoregressive twin of its model: the lossless comparison in one app.
 
-    The twin runs two replicas behind the prefix-aware router, for the routing tests.
+    The twin runs two replicas behind the prefix-aware router in precise mode (the engines' KV events
+    shared through a real Redis) with session affinity, and the ingress runs two replicas, for the
+    routing tests.
     """
     base = AppConfig.from_yaml(LOCAL_CONFIG)
     dflash = base.models[0]
     assert dflash.id == DFLASH_MODEL and dflash.speculative is not None
     two = dflash.replicas.model_copy(update={"min_replicas": 2, "max_replicas": 2})
-    ar = dflash.model_copy(update={"id": AR_MODEL, "speculative": None, "replicas": two})
-    return base.model_copy(update={"name": "dflash-test", "models": [dflash, ar]})
+    routing = dflash.routing.model_copy(update={"mode": "precise", "session_affinity": True, "snapshot_period_s": 2})
+    ar = dflash.model_copy(update={"id": AR_MODEL, "speculative": None, "replicas": two, "routing": routing})
+    ingress = base.ingress.model_copy(update={"num_replicas": 2})
+    return base.model_copy(
+        update={"name": "dflash-test", "models": [dflash, ar], "ingress": ingress, "redis_url": redis_url}
+    )
 
 
 def _free_port() -> int:
@@ -43,10 +52,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class RedisServer:
+    """A real ``redis-server`` on a free port, which tests may stop and start again (same port, empty)."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+        self.binary = binary
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @dataclass(frozen=True)
 class Served:
     base_url: str  # http://127.0.0.1:PORT
     config: AppConfig
+    redis: RedisServer
 
     @property
     def v1(self) -> str:
@@ -58,6 +109,13 @@ class Served:
         model = next(m for m in self.config.models if m.id == model_id)
         return serve.get_deployment_handle(model.deployment_name(), app_name=self.config.name)
 
+    def ingress_metrics(self) -> list[str]:
+        """Each ingress replica's own Prometheus text (its routers' series included)."""
+        from ray import serve
+
+        handle = serve.get_deployment_handle("Ingress", app_name=self.config.name)
+        return handle.broadcast("own_metrics_text").results(timeout_s=30)
+
     def replica_stats(self, model_id: str) -> dict[str, dict[str, float]]:
         """Stats of every replica of the model, by replica id."""
         results = self.engine_handle(model_id).broadcast("describe").results(timeout_s=30)
@@ -65,7 +123,7 @@ class Served:
 
 
 @pytest.fixture(scope="session")
-def served() -> Iterator[Served]:
+def served(redis_server: RedisServer) -> Iterator[Served]:
     import ray
     from ray import serve
 
@@ -73,13 +131,13 @@ def served() -> Iterator[Served]:
     from tools.tiny_models import ensure_models
 
     ensure_models()
-    config = e2e_config()
+    config = e2e_config(redis_server.url)
     port = _free_port()
     ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_from_config(config), name=config.name, route_prefix="/")
-        yield Served(base_url=f"http://127.0.0.1:{port}", config=config)
+        yield Served(base_url=f"http://127.0.0.1:{port}", config=config, redis=redis_server)
     finally:
         serve.shutdown()
         ray.shutdown()

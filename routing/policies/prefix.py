@@ -109,6 +109,9 @@ class PrefixPolicy:
     def on_replica_removed(self, replica_id: str) -> None:
         self.index.drop_replica(replica_id)
 
+    def index_size(self) -> int:
+        return self.index.size_blocks()
+
     def observe(self, event: KvEvent) -> None:
         match event:
             case BlocksStored(replica, hashes):

@@ -30,3 +30,6 @@ class RoundRobinPolicy:
 
     def observe(self, event: KvEvent) -> None:
         """Blind to caches."""
+
+    def index_size(self) -> int:
+        return 0
