@@ -1,0 +1,96 @@
+"""Simulated routing benchmark: every policy on the same simulated cluster and requests, side by side.
+
+    python -m bench.routing_sim [--quick] [--only load,working_set,multi_turn,no_shared_prefix,routing_cost]
+                                [--prefix imbalance_abs=32 --prefix weight_load=1.0 ...] [--out DIR]
+
+Prints a table per experiment point and the issue's goals, writes ``routing_sim.json`` and PNG plots
+to ``bench/results/`` (``--quick``: 16 replicas, about a minute; default: 64 replicas, several minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.routing_sim import report, routing_cost, sweep
+from bench.routing_sim.engine import EngineModel
+from bench.routing_sim.workloads import Workload
+from routing.policies import PrefixPolicyConfig
+
+logger = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+EXPERIMENTS = ("load", "working_set", "multi_turn", "no_shared_prefix", "routing_cost")
+
+
+def _prefix_config(pairs: list[str]) -> PrefixPolicyConfig:
+    fields = {f.name: f.type for f in dataclasses.fields(PrefixPolicyConfig)}
+    values: dict[str, float | int] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--prefix {pair!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
+        values[key] = int(raw) if fields[key] in (int, "int") else float(raw)
+    return PrefixPolicyConfig(**values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="16 replicas and fewer requests (about a minute)")
+    parser.add_argument("--only", default=",".join(EXPERIMENTS), help="comma-separated experiments to run")
+    parser.add_argument("--prefix", action="append", default=[], metavar="NAME=VALUE", help="PrefixPolicyConfig field")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    only = set(args.only.split(","))
+    if unknown := only - set(EXPERIMENTS):
+        raise SystemExit(f"--only: unknown experiments {sorted(unknown)}; choose from {EXPERIMENTS}")
+    scale = sweep.QUICK if args.quick else sweep.FULL
+    engine = EngineModel()
+    prefix_config = _prefix_config(args.prefix)
+
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    results: dict[str, Any] = {"parameters": sweep.describe(scale, engine, prefix_config), "experiments": {}}
+    experiments: dict[str, list[dict[str, Any]]] = results["experiments"]
+    workloads: dict[tuple[object, ...], Workload] = {}
+    points = list(sweep.points(scale, engine, args.seed, only))
+    for point in tqdm(points, desc="simulated points", unit="point"):
+        if point.workload_key not in workloads:
+            workloads[point.workload_key] = point.build()
+        metrics = sweep.run_point(point, workloads[point.workload_key], engine, args.seed, prefix_config)
+        experiments.setdefault(point.experiment, []).append(
+            {
+                "x": point.x,
+                "replicas": point.replicas,
+                "load": point.load,
+                "requests": workloads[point.workload_key].requests,
+                "reusable_blocks": workloads[point.workload_key].reusable_blocks,
+                "policies": {name: m.to_json() for name, m in metrics.items()},
+            }
+        )
+    if "routing_cost" in only:
+        with tqdm(total=1, desc="routing cost", unit="bench") as bar:
+            results["routing_cost"] = routing_cost.measure(scale.cost_index_blocks, iterations=300, seed=args.seed)
+            bar.update()
+    results["goals"] = report.goals(results)
+    results["wall_s"] = round(time.perf_counter() - started, 1)
+
+    print(report.table(results))
+    print("\n" + report.goals_table(results["goals"]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "routing_sim.json"
+    path.write_text(json.dumps(results, indent=1))
+    written = report.plots(results, args.out)
+    print(f"\nwrote {path} and {', '.join(p.name for p in written)} in {results['wall_s']} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""What one routing decision of the ``prefix`` policy costs: hashing an 8k-token prompt plus ``choose``.
+
+The policy's index is filled to its bound first (``capacity_blocks`` entries for each of 64 replicas),
+then one 8192-token prompt is routed repeatedly in three situations:
+
+* ``cold`` — no replica holds any of it;
+* ``shared_system_prompt`` — every replica holds its first 2048 tokens (a system prompt all traffic
+  shares) and one replica holds all of it (that conversation's earlier turn): the common case;
+* ``held_everywhere`` — every replica holds all of it: the worst case for the leading-block match.
+
+Loads are balanced (no imbalance short cut), so the full scoring path runs. Timing includes the
+garbage collector, as a router would see it.
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+from bench.routing_sim.metrics import percentile
+from bench.routing_sim.workloads import VOCAB
+from routing.hashing import BlockHash, block_hashes
+from routing.policies import PrefixPolicy, PrefixPolicyConfig
+from routing.policy import ReplicaLoad, RouteRequest
+
+PROMPT_TOKENS = 8192
+SYSTEM_TOKENS = 2048
+REPLICAS = 64
+BLOCK_SIZE = 16
+
+
+@dataclass(frozen=True, slots=True)
+class CostResult:
+    scenario: str
+    hash_p50_ms: float
+    hash_p99_ms: float
+    choose_p50_ms: float
+    choose_p99_ms: float
+    total_p50_ms: float
+    total_p99_ms: float
+
+
+def _fill(policy: PrefixPolicy, rng: random.Random) -> None:
+    """Each replica's index share filled to its bound with 512-block chains of unrelated hashes."""
+    cap = policy.config.capacity_blocks
+    for r in range(REPLICAS):
+        for start in range(0, cap, 512):
+            chain = tuple(BlockHash(rng.getrandbits(64)) for _ in range(min(512, cap - start)))
+            policy.on_routed(RouteRequest("fill", chain), f"replica-{r:02d}")
+
+
+def measure(capacity_blocks: int, iterations: int, seed: int = 0) -> dict[str, object]:
+    rng = random.Random(seed)
+    rss_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    policy = PrefixPolicy(PrefixPolicyConfig(capacity_blocks=capacity_blocks))
+    _fill(policy, rng)
+    rss_after_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    tokens = [rng.randrange(VOCAB) for _ in range(PROMPT_TOKENS)]
+    hashes = tuple(block_hashes(tokens, BLOCK_SIZE))
+    system = hashes[: SYSTEM_TOKENS // BLOCK_SIZE]
+    loads = [ReplicaLoad(f"replica-{r:02d}", 20 + rng.randrange(8), 64, 0.0, 0.5) for r in range(REPLICAS)]
+    results = []
+    for scenario, holders in (
+        ("cold", {}),
+        ("shared_system_prompt", {f"replica-{r:02d}": system for r in range(1, REPLICAS)} | {"replica-00": hashes}),
+        ("held_everywhere", {f"replica-{r:02d}": hashes for r in range(REPLICAS)}),
+    ):
+        for replica, held in holders.items():
+            policy.on_routed(RouteRequest("setup", held), replica)
+        results.append(_time(scenario, policy, tokens, loads, iterations))
+    return {
+        "replicas": REPLICAS,
+        "prompt_tokens": PROMPT_TOKENS,
+        "index_capacity_blocks_per_replica": capacity_blocks,
+        "index_entries": policy.index.size_blocks(),
+        "index_entry_bound": REPLICAS * capacity_blocks,
+        "index_rss_mib": (rss_after_kb - rss_before_kb) / 1024,
+        "scenarios": [asdict(r) for r in results],
+    }
+
+
+def _time(
+    scenario: str, policy: PrefixPolicy, tokens: list[int], loads: list[ReplicaLoad], iterations: int
+) -> CostResult:
+    hash_ms, choose_ms = [], []
+    for i in range(iterations):
+        t0 = time.perf_counter()
+        hashes = tuple(block_hashes(tokens, BLOCK_SIZE))
+        t1 = time.perf_counter()
+        policy.choose(RouteRequest(f"probe-{i}", hashes), loads)
+        t2 = time.perf_counter()
+        hash_ms.append((t1 - t0) * 1e3)
+        choose_ms.append((t2 - t1) * 1e3)
+    total = [h + c for h, c in zip(hash_ms, choose_ms, strict=True)]
+    return CostResult(
+        scenario,
+        percentile(hash_ms, 50),
+        percentile(hash_ms, 99),
+        percentile(choose_ms, 50),
+        percentile(choose_ms, 99),
+        percentile(total, 50),
+        percentile(total, 99),
+    )
