@@ -1,7 +1,9 @@
 """Simulated routing benchmark: every policy on the same simulated cluster and requests, side by side.
 
-    python -m bench.routing_sim [--quick] [--only load,working_set,multi_turn,no_shared_prefix,routing_cost]
-                                [--prefix imbalance_abs=32 --prefix weight_load=1.0 ...] [--out DIR]
+    python -m bench.routing_sim [--quick] [--only EXPERIMENT,...] [--prefix NAME=VALUE ...] [--out DIR]
+
+Experiments: load, working_set, hot_prefixes, multi_turn, no_shared_prefix, routing_cost (default: all).
+``--prefix`` sets a PrefixPolicyConfig field of ``prefix`` and ``prefix_approx`` (e.g. imbalance_abs=32).
 
 Prints a table per experiment point and the issue's goals, writes ``routing_sim.json`` and PNG plots
 to ``bench/results/`` (``--quick``: 16 replicas, about a minute; default: 64 replicas, several minutes).
@@ -25,7 +27,7 @@ from routing.policies import PrefixPolicyConfig
 logger = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-EXPERIMENTS = ("load", "working_set", "multi_turn", "no_shared_prefix", "routing_cost")
+EXPERIMENTS = ("load", "working_set", "hot_prefixes", "multi_turn", "no_shared_prefix", "routing_cost")
 
 
 def _prefix_config(pairs: list[str]) -> PrefixPolicyConfig:
@@ -78,7 +80,7 @@ def main() -> None:
         )
     if "routing_cost" in only:
         with tqdm(total=1, desc="routing cost", unit="bench") as bar:
-            results["routing_cost"] = routing_cost.measure(scale.cost_index_blocks, iterations=300, seed=args.seed)
+            results["routing_cost"] = routing_cost.measure(scale.cost_index_blocks, scale.cost_iterations, args.seed)
             bar.update()
     results["goals"] = report.goals(results)
     results["wall_s"] = round(time.perf_counter() - started, 1)

@@ -35,6 +35,7 @@ from routing.policy import Decision, Policy, ReplicaLoad, RouteRequest
 logger = logging.getLogger(__name__)
 
 _ARRIVE, _STEP, _KV_EVENTS, _STATS = range(4)
+WARMUP_FRACTION = 0.25  # of the arrival horizon: long enough for the caches to fill at every scale here
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ class SimConfig:
     queue_headroom: float = 1.0  # max_ongoing_requests = max_num_seqs x this (ReplicaConfig.queue_headroom)
     event_delay_s: float = 0.02  # engine -> ZMQ -> Redis -> router
     stats_period_s: float = 1.0  # RoutingConfig.stats_period_s
-    warmup_fraction: float = 0.25  # of the arrival horizon, excluded from the metrics
+    warmup_fraction: float = WARMUP_FRACTION  # of the arrival horizon, excluded from the metrics
     seed: int = 0
 
 

@@ -10,7 +10,8 @@
 * ``throughput_tps`` — output tokens finished inside the window / window length; ``offered_tps`` is what
   the arrivals ask for (rate x mean output), so throughput below it means the cluster is saturated.
 * ``load_ratio`` — max / min over replicas of the time-averaged requests in flight (the router's own
-  count) during the window: how evenly work is spread.
+  count) during the window: how evenly work is spread (infinite when a replica got nothing; null in
+  the JSON).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class RunMetrics:
     reasons: dict[str, int]
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(self).items()}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -95,6 +96,6 @@ def summarize(
         ttft_p99_s=percentile(ttfts, 99),
         throughput_tps=out_tokens / span,
         offered_tps=offered_tps,
-        load_ratio=max(mean_in_flight) / max(min(mean_in_flight), 1e-9),
+        load_ratio=max(mean_in_flight) / min(mean_in_flight) if min(mean_in_flight) > 0 else math.inf,
         reasons=dict(Counter(j.reason for j in measured)),
     )

@@ -1,7 +1,8 @@
 """What one routing decision of the ``prefix`` policy costs: hashing an 8k-token prompt plus ``choose``.
 
-The policy's index is filled to its bound first (``capacity_blocks`` entries for each of 64 replicas),
-then one 8192-token prompt is routed repeatedly in three situations:
+For the production policy and for ``prefix_proposed`` (patched match, and only the first 256 blocks
+hashed), the index is filled to its bound first (``capacity_blocks`` entries for each of 64
+replicas), then one 8192-token prompt is routed repeatedly in three situations:
 
 * ``cold`` — no replica holds any of it;
 * ``shared_system_prompt`` — every replica holds its first 2048 tokens (a system prompt all traffic
@@ -15,11 +16,11 @@ garbage collector, as a router would see it.
 from __future__ import annotations
 
 import random
-import resource
 import time
 from dataclasses import asdict, dataclass
 
 from bench.routing_sim.metrics import percentile
+from bench.routing_sim.proposals import ROUTE_BLOCKS, ProposedPrefixPolicy
 from bench.routing_sim.workloads import VOCAB
 from routing.hashing import BlockHash, block_hashes
 from routing.policies import PrefixPolicy, PrefixPolicyConfig
@@ -52,11 +53,22 @@ def _fill(policy: PrefixPolicy, rng: random.Random) -> None:
 
 
 def measure(capacity_blocks: int, iterations: int, seed: int = 0) -> dict[str, object]:
-    rng = random.Random(seed)
-    rss_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    policy = PrefixPolicy(PrefixPolicyConfig(capacity_blocks=capacity_blocks))
+    out: dict[str, object] = {
+        "replicas": REPLICAS,
+        "prompt_tokens": PROMPT_TOKENS,
+        "index_capacity_blocks_per_replica": capacity_blocks,
+    }
+    config = PrefixPolicyConfig(capacity_blocks=capacity_blocks)
+    for policy, hashed_tokens in (
+        (PrefixPolicy(config), PROMPT_TOKENS),
+        (ProposedPrefixPolicy(config), ROUTE_BLOCKS * BLOCK_SIZE),
+    ):
+        out[policy.name] = _measure_policy(policy, hashed_tokens, iterations, random.Random(seed))
+    return out
+
+
+def _measure_policy(policy: PrefixPolicy, hashed_tokens: int, iterations: int, rng: random.Random) -> dict[str, object]:
     _fill(policy, rng)
-    rss_after_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tokens = [rng.randrange(VOCAB) for _ in range(PROMPT_TOKENS)]
     hashes = tuple(block_hashes(tokens, BLOCK_SIZE))
     system = hashes[: SYSTEM_TOKENS // BLOCK_SIZE]
@@ -69,14 +81,11 @@ def measure(capacity_blocks: int, iterations: int, seed: int = 0) -> dict[str, o
     ):
         for replica, held in holders.items():
             policy.on_routed(RouteRequest("setup", held), replica)
-        results.append(_time(scenario, policy, tokens, loads, iterations))
+        results.append(_time(scenario, policy, tokens[:hashed_tokens], loads, iterations))
     return {
-        "replicas": REPLICAS,
-        "prompt_tokens": PROMPT_TOKENS,
-        "index_capacity_blocks_per_replica": capacity_blocks,
+        "hashed_tokens": hashed_tokens,
         "index_entries": policy.index.size_blocks(),
-        "index_entry_bound": REPLICAS * capacity_blocks,
-        "index_rss_mib": (rss_after_kb - rss_before_kb) / 1024,
+        "index_entry_bound": REPLICAS * policy.config.capacity_blocks,
         "scenarios": [asdict(r) for r in results],
     }
 

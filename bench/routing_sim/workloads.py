@@ -3,9 +3,11 @@
 Every request is a turn of a session; a session's first turn arrives by a Poisson process (the run
 sets the rate) and each later turn ``think_s`` after the previous one finished. The shapes:
 
-* ``shared_prefix`` — vLLM's ``prefix_repetition``: ``groups`` random prefixes, each followed by
-  ``prompts_per_group`` fresh random suffixes; one-turn sessions, shuffled. The reusable working set
-  is ``groups x prefix`` tokens, so a target share of the cluster's KV sets ``groups``.
+* ``shared_prefix`` — vLLM's ``prefix_repetition``: ``groups`` random prefixes, each followed by fresh
+  random suffixes; one-turn sessions, shuffled. Groups are equally popular (vLLM's shape), or Zipf
+  distributed with exponent ``skew`` (group k gets a share ∝ 1/k^skew): real traffic has hot prefixes,
+  which a router must spread over several replicas. The reusable working set is ``groups x prefix``
+  tokens, so a target share of the cluster's KV sets ``groups``.
 * ``multi_turn`` — chats: a system prompt every session shares, a per-session context, then turns of
   user message + re-rendered answer; each turn's prompt extends the previous one.
 * ``no_shared_prefix`` — every prompt is fresh random tokens: nothing to reuse, only load to balance.
@@ -76,22 +78,26 @@ def _extend(shared: tuple[BlockHash, ...], tokens: Sequence[int], block_size: in
 
 def shared_prefix(
     groups: int,
-    prompts_per_group: int,
+    requests: int,
     prefix_tokens: int,
     suffix_tokens: int,
     output_tokens: int,
     tau_range: tuple[float, float],
     seed: int,
+    skew: float = 0.0,
     block_size: int = 16,
 ) -> Workload:
+    """``requests`` prompts (at least one per group) over ``groups`` prefixes."""
     rng = random.Random(seed)
+    weights = [1.0 / (k + 1) ** skew for k in range(groups)]
+    scale = requests / sum(weights)
     sessions = []
     prefix_blocks = 0
     for g in range(groups):
         prefix = _tokens(rng, prefix_tokens)
         shared = tuple(block_hashes(prefix, block_size))
         prefix_blocks += len(shared)
-        for p in range(prompts_per_group):
+        for p in range(max(1, round(weights[g] * scale))):
             hashes = _extend(shared, prefix + _tokens(rng, suffix_tokens), block_size)
             turn = Turn(prefix_tokens + suffix_tokens, hashes, output_tokens, rng.uniform(*tau_range), 0.0)
             sessions.append(Session(f"g{g}p{p}", (turn,)))
