@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -24,6 +27,7 @@ from routing.events import BlocksRemoved, BlocksStored
 from routing.index import PrefixIndex
 from routing.policies import PrefixPolicyConfig
 from routing.policy import ReplicaLoad, RouteRequest
+from tests.conftest import REPO_ROOT
 
 ENGINE = EngineModel(kv_blocks=512)
 SPECS = {s.name: s for s in POLICY_SPECS}
@@ -209,3 +213,13 @@ def test_proposed_policy_spreads_cold_prompts_by_turn_not_by_load():
         policy.on_routed(request, decision.first)
         chosen.append((decision.first, decision.reason))
     assert chosen == [("r0", "cold"), ("r1", "cold"), ("r0", "cold"), ("r1", "cold")]
+
+
+def test_simulator_imports_no_serving_framework():
+    """The simulator drives the pure policies only; it must not pull in Ray, vLLM or I/O clients."""
+    code = (
+        "import json, sys, bench.routing_sim.sweep, bench.routing_sim.routing_cost, bench.routing_sim.report; "
+        "print(json.dumps([m for m in ('ray', 'vllm', 'httpx', 'redis', 'torch') if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []

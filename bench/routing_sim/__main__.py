@@ -46,6 +46,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="16 replicas and fewer requests (about a minute)")
     parser.add_argument("--only", default=",".join(EXPERIMENTS), help="comma-separated experiments to run")
     parser.add_argument("--prefix", action="append", default=[], metavar="NAME=VALUE", help="PrefixPolicyConfig field")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other experiments of an existing routing_sim.json with the same parameters (run them apart)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -56,29 +61,14 @@ def main() -> None:
     scale = sweep.QUICK if args.quick else sweep.FULL
     engine = EngineModel()
     prefix_config = _prefix_config(args.prefix)
-
-    from tqdm import tqdm
+    path = args.out / "routing_sim.json"
+    results = _start(path, sweep.describe(scale, engine, prefix_config, args.seed), args.merge)
 
     started = time.perf_counter()
-    results: dict[str, Any] = {"parameters": sweep.describe(scale, engine, prefix_config), "experiments": {}}
-    experiments: dict[str, list[dict[str, Any]]] = results["experiments"]
-    workloads: dict[tuple[object, ...], Workload] = {}
-    points = list(sweep.points(scale, engine, args.seed, only))
-    for point in tqdm(points, desc="simulated points", unit="point"):
-        if point.workload_key not in workloads:
-            workloads[point.workload_key] = point.build()
-        metrics = sweep.run_point(point, workloads[point.workload_key], engine, args.seed, prefix_config)
-        experiments.setdefault(point.experiment, []).append(
-            {
-                "x": point.x,
-                "replicas": point.replicas,
-                "load": point.load,
-                "requests": workloads[point.workload_key].requests,
-                "reusable_blocks": workloads[point.workload_key].reusable_blocks,
-                "policies": {name: m.to_json() for name, m in metrics.items()},
-            }
-        )
+    _simulate(results, scale, engine, prefix_config, args.seed, only)
     if "routing_cost" in only:
+        from tqdm import tqdm
+
         with tqdm(total=1, desc="routing cost", unit="bench") as bar:
             results["routing_cost"] = routing_cost.measure(scale.cost_index_blocks, scale.cost_iterations, args.seed)
             bar.update()
@@ -88,10 +78,50 @@ def main() -> None:
     print(report.table(results))
     print("\n" + report.goals_table(results["goals"]))
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "routing_sim.json"
     path.write_text(json.dumps(results, indent=1))
     written = report.plots(results, args.out)
     print(f"\nwrote {path} and {', '.join(p.name for p in written)} in {results['wall_s']} s")
+
+
+def _start(path: Path, parameters: dict[str, Any], merge: bool) -> dict[str, Any]:
+    """Fresh results, or with ``merge`` the existing ones if they were made with the same parameters."""
+    if merge and path.exists():
+        previous = json.loads(path.read_text())
+        if previous.get("parameters") == json.loads(json.dumps(parameters)):
+            return previous
+        logger.warning("%s was made with other parameters: starting afresh", path)
+    return {"parameters": parameters, "experiments": {}}
+
+
+def _simulate(
+    results: dict[str, Any],
+    scale: sweep.Scale,
+    engine: EngineModel,
+    prefix_config: PrefixPolicyConfig,
+    seed: int,
+    only: set[str],
+) -> None:
+    from tqdm import tqdm
+
+    workloads: dict[tuple[object, ...], Workload] = {}
+    points = list(sweep.points(scale, engine, seed, only))
+    for name in {p.experiment for p in points}:
+        results["experiments"][name] = []
+    for point in tqdm(points, desc="simulated points", unit="point"):
+        if point.workload_key not in workloads:
+            workloads[point.workload_key] = point.build()
+        workload = workloads[point.workload_key]
+        metrics = sweep.run_point(point, workload, engine, seed, prefix_config)
+        results["experiments"][point.experiment].append(
+            {
+                "x": point.x,
+                "replicas": point.replicas,
+                "load": point.load,
+                "requests": workload.requests,
+                "reusable_blocks": workload.reusable_blocks,
+                "policies": {name: m.to_json() for name, m in metrics.items()},
+            }
+        )
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ class Scale:
     working_sets: tuple[float, ...] = (0.3, 0.6, 1.0, 1.5)
     ws_load: float = 0.8
     hot_loads: tuple[float, ...] = (1.0, 1.3)
-    multi_turn_loads: tuple[float, ...] = (1.0, 1.5, 2.0)  # chats reuse a quarter even when routed blindly
+    multi_turn_loads: tuple[float, ...] = (1.0, 2.0)  # chats reuse a quarter even when routed blindly
     multi_turn_duration_s: float = 6.0
     flat_loads: tuple[float, ...] = (0.8, 1.0)  # no_shared_prefix
     # Index entries per replica in the routing-cost benchmark: 16k x 64 replicas is 1M entries, ~400 MiB
@@ -100,12 +100,12 @@ class Scale:
 QUICK = Scale(
     "quick",
     replicas=16,
-    requests=3000,
+    requests=2500,
     ws_replicas=8,
     ws_requests=2000,
     loads=(0.6, 1.0, 1.4),
     hot_loads=(1.2,),
-    multi_turn_loads=(1.0, 2.0),
+    multi_turn_duration_s=4.0,
     flat_loads=(1.0,),
     cost_index_blocks=4096,
     cost_iterations=100,
@@ -235,9 +235,10 @@ def run_point(
     return out
 
 
-def describe(scale: Scale, engine: EngineModel, prefix_config: PrefixPolicyConfig) -> dict[str, object]:
+def describe(scale: Scale, engine: EngineModel, prefix_config: PrefixPolicyConfig, seed: int) -> dict[str, object]:
     """The run's parameters, for the JSON."""
     return {
+        "seed": seed,
         "scale": asdict(scale),
         "engine": asdict(engine) | {"kappa": engine.kappa},
         "prefix_config": asdict(prefix_config),
