@@ -114,6 +114,7 @@ class Simulation:
             raise RuntimeError(f"{self.workload.requests - done} requests never finished")
         eng = self.config.engine
         pooled = pooled_hit_rate(self.jobs, eng.kv_blocks * self.config.replicas, eng.block_size, self.window)
+        logger.debug("%s: %d requests until t=%.1f s", self.policy.name, len(self.jobs), self.now)
         return summarize(self.jobs, self.window, self._area, pooled, eng.block_size, self.offered_tps)
 
     def _push(self, t: float, kind: int, payload: Any) -> None:
@@ -161,7 +162,7 @@ class Simulation:
             return False
         replica = self.replicas[index]
         self.policy.on_routed(request, replica.replica_id)
-        job.replica, job.routed_s, job.reason = index, self.now, decision.reason
+        job.replica, job.reason = index, decision.reason
         self._count(index, +1)
         self._after(replica, replica.submit(job, self.now))
         return True

@@ -34,7 +34,6 @@ class Job:
     turn: Turn
     arrival_s: float
     replica: int = -1
-    routed_s: float = math.nan
     reason: str = ""
     hit_blocks: int = 0
     computed_tokens: int = 0  # prompt tokens with KV: hits plus prefilled chunks

@@ -6,12 +6,9 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 SATURATED = 0.95  # round robin delivers less than this share of the offered output: the cluster is saturated
 CLOSED_LOOP = {"multi_turn"}  # a turn waits for the previous one, so delivered < offered says nothing there
