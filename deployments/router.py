@@ -62,8 +62,10 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
         policy: str = "prefix",
         policy_options: dict[str, Any] | None = None,
         kv_stream: dict[str, Any] | None = None,
+        max_prefix_blocks: int | None = None,
     ) -> None:
         self._model = model
+        self._max_prefix_blocks = max_prefix_blocks
         self._policy_name = policy
         self._policy = make_policy(policy, policy_options or {})
         self._in_flight: Counter[str] = Counter()
@@ -111,7 +113,15 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
                 self._block_size = int(reported["block_size"])
                 self._group_block_size = int(reported.get("group_block_size") or self._block_size)
                 self._align_tokens = int(reported.get("cache_align_tokens") or self._group_block_size)
-            hashes = tuple(block_hashes(hint.token_ids, self._block_size, self._group_block_size, self._align_tokens))
+            hashes = tuple(
+                block_hashes(
+                    hint.token_ids,
+                    self._block_size,
+                    self._group_block_size,
+                    self._align_tokens,
+                    self._max_prefix_blocks,
+                )
+            )
             session = hint.session_key
         req = RouteRequest(request_id=key, block_hashes=hashes, session_key=session)  # type: ignore[arg-type]
         self._requests[key] = req

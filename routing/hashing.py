@@ -45,6 +45,7 @@ def block_hashes(
     block_size: int,
     group_block_size: int | None = None,
     align_tokens: int | None = None,
+    max_blocks: int | None = None,
     seed: str = DEFAULT_NONE_HASH_SEED,
 ) -> list[BlockHash]:
     """External hashes of the prompt's full blocks, in order (a trailing partial block is not cached).
@@ -52,7 +53,8 @@ def block_hashes(
     ``block_size`` is the hashing block; with ``group_block_size`` (a multiple of it) the hashes are
     those of the KV group's larger blocks. With ``align_tokens`` only the first multiple of it is
     hashed: a hybrid model's engine caches (and reuses) prompts in units of the least common multiple
-    of its groups' block sizes, so blocks past that boundary are never stored.
+    of its groups' block sizes, so blocks past that boundary are never stored. ``max_blocks`` stops
+    after that many (group) blocks: routing needs a prompt's leading blocks, and this bounds its cost.
     """
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
@@ -67,6 +69,8 @@ def block_hashes(
         parent = _sha256((parent, tuple(token_ids[start : start + block_size]), None))
         if i % scale == 0:
             out.append(BlockHash(int.from_bytes(parent, "big") & _MASK_64))
+            if max_blocks is not None and len(out) >= max_blocks:
+                break
     return out
 
 

@@ -29,24 +29,39 @@ class PrefixIndex:
         self._lru: dict[str, OrderedDict[BlockHash, None]] = {}
 
     def match(self, hashes: Sequence[BlockHash]) -> dict[str, int]:
-        """Leading blocks of ``hashes`` each replica holds (replicas holding none are absent)."""
+        """Leading blocks of ``hashes`` each replica holds (replicas holding none are absent).
+
+        O(blocks + replicas): a replica's depth is written once, when it drops out of the run.
+        """
         held: dict[str, int] = {}
-        alive: set[str] | None = None
-        for depth, h in enumerate(hashes, start=1):
+        alive: set[str] = set()
+        depth = 0
+        for depth, h in enumerate(hashes):
             owners = self._owners.get(h)
             if not owners:
                 break
-            alive = set(owners) if alive is None else alive & owners
-            if not alive:
-                break
-            for replica in alive:
-                held[replica] = depth
+            if depth == 0:
+                alive = set(owners)
+            elif not owners >= alive:
+                for replica in alive - owners:
+                    held[replica] = depth
+                alive &= owners
+                if not alive:
+                    break
+        else:
+            depth = len(hashes)
+        for replica in alive:
+            held[replica] = depth
         return held
 
     def insert(self, replica: str, hashes: Iterable[BlockHash]) -> None:
-        """Mark ``hashes`` as held by ``replica`` (most recently used), evicting its oldest beyond capacity."""
+        """Mark ``hashes`` as held by ``replica`` (most recently used), evicting its oldest beyond capacity.
+
+        Tail first, so a prompt's first block is its most recently used: the index then forgets a
+        prefix from its end, as vLLM frees a request's blocks (a prefix without its head matches nothing).
+        """
         lru = self._lru.setdefault(replica, OrderedDict())
-        for h in hashes:
+        for h in reversed(list(hashes)):
             if h in lru:
                 lru.move_to_end(h)
                 continue

@@ -51,6 +51,7 @@ def engine_options(model: ModelConfig, kv_stream: KvStreamSettings | None = None
         "model": model.id,
         "policy": model.routing.policy,
         "policy_options": model.routing.policy_options(),
+        "max_prefix_blocks": model.routing.max_prefix_blocks,
         "kv_stream": kv_stream.model_dump() if kv_stream is not None else None,
     }
     actor: dict[str, Any] = {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus}

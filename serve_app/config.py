@@ -144,10 +144,18 @@ class RoutingConfig(_Strict):
     weight_load: float = Field(0.5, ge=0, description="prefix: weight of the replica's fill (in flight/capacity).")
     weight_kv: float = Field(0.1, ge=0, description="prefix: weight of the replica's KV cache usage.")
     weight_session: float = Field(1.0, ge=0, description="prefix: bonus of the session's own replica.")
-    imbalance_abs: int = Field(8, ge=0, description="prefix: in-flight spread above which load wins outright.")
+    imbalance_abs: int = Field(
+        32, ge=0, description="prefix: in-flight spread above which load wins outright (see routing-simulator.md)."
+    )
     imbalance_rel: float = Field(1.5, ge=1, description="prefix: ... and max > this x min.")
     min_match_fraction: float = Field(
         0.1, ge=0, le=1, description="prefix: share of the prompt a replica must hold to count as a match."
+    )
+    max_prefix_blocks: int = Field(
+        256,
+        ge=1,
+        description="prefix: leading KV blocks of a prompt the router hashes and matches (llm-d's default); "
+        "bounds routing cost for long prompts.",
     )
     index_capacity_blocks: int = Field(
         65536, ge=1, description="prefix: index entries kept per replica (bounds router memory)."

@@ -72,3 +72,8 @@ def test_alignment_hashes_only_whole_cache_units():
     aligned = block_hashes(tokens, 32, align_tokens=512)
     assert len(aligned) == 1024 // 32
     assert aligned == block_hashes(tokens, 32)[:32]
+
+
+def test_max_blocks_hashes_only_the_leading_blocks():
+    tokens = list(range(2000))
+    assert block_hashes(tokens, 16, max_blocks=10) == block_hashes(tokens, 16)[:10]

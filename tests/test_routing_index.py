@@ -19,12 +19,12 @@ def test_match_counts_leading_blocks_only():
 
 def test_lru_eviction_bounds_each_replica():
     idx = PrefixIndex(capacity_blocks=3)
-    idx.insert("a", [1, 2, 3])
-    idx.insert("a", [1])  # touch 1: now 2 is the oldest
-    idx.insert("a", [4])
+    idx.insert("a", [1, 2, 3])  # tail first: 3 is the oldest, the head 1 the most recent
+    idx.insert("a", [2])  # touch 2
+    idx.insert("a", [4])  # evicts 3, the prompt's tail, as vLLM would
     assert idx.blocks_held("a") == 3
-    assert idx.match([1]) == {"a": 1}
-    assert idx.match([2]) == {}
+    assert idx.match([1, 2, 3]) == {"a": 2}
+    assert idx.match([3]) == {}
     idx.insert("b", range(100, 200))
     assert idx.size_blocks() == 6  # bounded by replicas x capacity whatever was inserted
 
@@ -44,3 +44,22 @@ def test_remove_and_drop_replica():
 def test_capacity_must_be_positive():
     with pytest.raises(ValueError):
         PrefixIndex(0)
+
+
+def test_match_equals_the_naive_definition():
+    import random
+
+    rng = random.Random(3)
+    idx = PrefixIndex(capacity_blocks=1000)
+    for r in range(8):
+        idx.insert(f"r{r}", range(rng.randrange(0, 40)))
+    for _ in range(50):
+        hashes = list(range(rng.randrange(0, 45)))
+        naive = {}
+        for r in range(8):
+            depth = 0
+            while depth < len(hashes) and f"r{r}" in idx._owners.get(hashes[depth], ()):
+                depth += 1
+            if depth:
+                naive[f"r{r}"] = depth
+        assert idx.match(hashes) == naive

@@ -19,7 +19,8 @@ class PowerOfTwoPolicy:
     def choose(self, request: RouteRequest, replicas: Sequence[ReplicaLoad]) -> Decision:
         pair = self._rng.sample(list(replicas), k=min(2, len(replicas)))
         pair.sort(key=lambda r: (r.fill, r.waiting))
-        rest = sorted((r for r in replicas if r not in pair), key=lambda r: (r.fill, r.waiting))
+        picked = {r.replica_id for r in pair}
+        rest = sorted((r for r in replicas if r.replica_id not in picked), key=lambda r: (r.fill, r.waiting))
         return Decision(ranked=(tuple(r.replica_id for r in pair), *((r.replica_id,) for r in rest)), reason="pow2")
 
     def on_routed(self, request: RouteRequest, replica_id: str) -> None:

@@ -11,10 +11,16 @@ The best score wins, with these guards, checked in order:
    ``max > imbalance_rel * min`` the least-loaded replica takes the request (SGLang's rule), so a hot
    prefix cannot pile every request onto one replica;
 2. full — replicas at capacity rank after every replica with room;
-3. cold — when no replica holds at least ``min_match_fraction`` of the prompt's blocks, the least-loaded
-   replica wins, ties going to the replica holding the fewest blocks, which spreads new prefixes over
-   the cluster. The threshold keeps a short shared preamble (BOS and chat-template boilerplate, a block
-   or two every prompt has) from pulling every new conversation onto the first replica.
+3. cold — when no replica holds at least ``min_match_fraction`` of the prompt's blocks, the prompt goes
+   to the replica that least recently received a cold prompt, among those within ``imbalance_abs`` of
+   the least loaded (llm-d's no-hit LRU). Rotating cold prefills spreads new prefixes — the expensive
+   requests — evenly, where the in-flight count would mix them up with cheap cached ones. The
+   threshold keeps a short shared preamble (BOS and chat-template boilerplate, a block or two every
+   prompt has) from pulling every new conversation onto the first replica.
+
+The simulator (``docs/routing-simulator.md``) chose ``imbalance_abs`` 32 over SGLang's 8: with
+dozens of replicas the in-flight spread near saturation exceeds 8 most of the time, and the guard
+then scattered prefixes over the cluster.
 
 ``on_routed`` records the prompt's blocks for the chosen replica at once, so siblings of a burst
 sharing a prefix follow the first before the engine has even started it. In precise mode
@@ -22,13 +28,14 @@ sharing a prefix follow the first before the engine has even started it. In prec
 cache forgotten, so the index follows what each replica really holds.
 
 Parameters: ``weight_prefix`` (1.0), ``weight_load`` (0.5), ``weight_kv`` (0.1), ``weight_session`` (1.0),
-``imbalance_abs`` (>= 0, in requests; 8), ``imbalance_rel`` (>= 1; 1.5), ``min_match_fraction`` (0..1; 0.1),
+``imbalance_abs`` (>= 0, in requests; 32), ``imbalance_rel`` (>= 1; 1.5), ``min_match_fraction`` (0..1; 0.1),
 ``capacity_blocks`` (index entries per replica).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -44,7 +51,7 @@ class PrefixPolicyConfig:
     weight_load: float = 0.5
     weight_kv: float = 0.1
     weight_session: float = 1.0
-    imbalance_abs: int = 8
+    imbalance_abs: int = 32
     imbalance_rel: float = 1.5
     min_match_fraction: float = 0.1
     capacity_blocks: int = 65536
@@ -61,6 +68,8 @@ class PrefixPolicy:
     def __init__(self, config: PrefixPolicyConfig | None = None) -> None:
         self.config = config or PrefixPolicyConfig()
         self.index = PrefixIndex(self.config.capacity_blocks)
+        self._cold_turn: dict[str, int] = {}  # replica -> when it last received a cold prompt
+        self._cold_count = 0
 
     def choose(self, request: RouteRequest, replicas: Sequence[ReplicaLoad]) -> Decision:
         cfg = self.config
@@ -82,7 +91,7 @@ class PrefixPolicy:
         if request.session_key is not None:
             session = max(replicas, key=lambda r: _session_rank(request.session_key or "", r.replica_id)).replica_id
         if not held and session is None:
-            return self._ranked(least_loaded, "cold", held)
+            return self._ranked(self._cold_order(replicas), "cold", held)
 
         def score(r: ReplicaLoad) -> float:
             s = (
@@ -96,6 +105,13 @@ class PrefixPolicy:
         reason = "session" if session is not None and best[0].replica_id == session else "prefix"
         return self._ranked(best, reason, held)
 
+    def _cold_order(self, replicas: Sequence[ReplicaLoad]) -> list[ReplicaLoad]:
+        least = min(r.in_flight for r in replicas)
+        near = [r for r in replicas if r.in_flight <= least + self.config.imbalance_abs and r.in_flight < r.capacity]
+        near.sort(key=lambda r: (self._cold_turn.get(r.replica_id, -1), r.in_flight, r.replica_id))
+        chosen = {r.replica_id for r in near}
+        return near + sorted((r for r in replicas if r.replica_id not in chosen), key=lambda r: (r.fill, r.replica_id))
+
     @staticmethod
     def _ranked(order: Sequence[ReplicaLoad], reason: str, held: dict[str, int]) -> Decision:
         with_room = [r for r in order if r.in_flight < r.capacity]
@@ -104,9 +120,14 @@ class PrefixPolicy:
         return Decision(ranked=ranked, reason=reason, matched_blocks=held.get(ranked[0][0], 0))
 
     def on_routed(self, request: RouteRequest, replica_id: str) -> None:
+        needed = max(1, math.ceil(self.config.min_match_fraction * len(request.block_hashes)))
+        if max(self.index.match(request.block_hashes[:needed]).values(), default=0) < needed:
+            self._cold_count += 1
+            self._cold_turn[replica_id] = self._cold_count
         self.index.insert(replica_id, request.block_hashes)
 
     def on_replica_removed(self, replica_id: str) -> None:
+        self._cold_turn.pop(replica_id, None)
         self.index.drop_replica(replica_id)
 
     def index_size(self) -> int:
