@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from serve_app.config import AppConfig
+from tools.tiny_models import ensure_models
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_CONFIG = REPO_ROOT / "serve_app" / "configs" / "local.yaml"
@@ -27,11 +28,16 @@ def _repo_cwd() -> None:
 def e2e_config() -> AppConfig:
     """local.yaml plus an autoregressive twin of its model: the lossless comparison in one app.
 
+    Both serve the random-weight tiny pair (``tools.tiny_models``), not local.yaml's trained demo pair:
+    these tests check serving, not quality, and the random pair is built from code, never shipped.
     The twin runs two replicas behind the prefix-aware router, for the routing tests.
     """
     base = AppConfig.from_yaml(LOCAL_CONFIG)
     dflash = base.models[0]
     assert dflash.id == DFLASH_MODEL and dflash.speculative is not None
+    target, drafter = ensure_models()
+    random_drafter = dflash.speculative.model_copy(update={"draft_model": str(drafter)})
+    dflash = dflash.model_copy(update={"target": str(target), "speculative": random_drafter})
     two = dflash.replicas.model_copy(update={"min_replicas": 2, "max_replicas": 2})
     ar = dflash.model_copy(update={"id": AR_MODEL, "speculative": None, "replicas": two})
     return base.model_copy(update={"name": "dflash-test", "models": [dflash, ar]})
@@ -70,9 +76,7 @@ def served() -> Iterator[Served]:
     from ray import serve
 
     from serve_app.build import build_from_config
-    from tools.tiny_models import ensure_models
 
-    ensure_models()
     config = e2e_config()
     port = _free_port()
     ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
