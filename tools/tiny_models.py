@@ -101,13 +101,12 @@ def _save_tokenizer(tokenizer, out: Path) -> None:  # noqa: ANN001
     shutil.copy(TOKENIZER_DIR / "chat_template.jinja", out / "chat_template.jinja")
 
 
-def build_target(spec: TargetSpec, out: Path, tokenizer) -> None:  # noqa: ANN001
-    import torch
-    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+def target_config(spec: TargetSpec, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):  # noqa: ANN201
+    """The ``Gemma4TextConfig`` of a target of this spec (shared with ``training/``, which builds it on a GPU)."""
+    from transformers import Gemma4TextConfig
 
-    torch.manual_seed(spec.seed)
-    cfg = Gemma4TextConfig(
-        vocab_size=len(tokenizer),
+    return Gemma4TextConfig(
+        vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers,
@@ -123,15 +122,60 @@ def build_target(spec: TargetSpec, out: Path, tokenizer) -> None:  # noqa: ANN00
         moe_intermediate_size=spec.moe_intermediate_size,
         max_position_embeddings=spec.max_position_embeddings,
         architectures=["Gemma4ForCausalLM"],
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
     )
+
+
+def build_target(spec: TargetSpec, out: Path, tokenizer) -> None:  # noqa: ANN001
+    import torch
+    from transformers import Gemma4ForCausalLM
+
+    torch.manual_seed(spec.seed)
+    cfg = target_config(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
     model = Gemma4ForCausalLM(cfg)
     with torch.no_grad():
         model.get_input_embeddings().weight[_silent_token_ids(tokenizer)] = 0.0
     model.save_pretrained(out, safe_serialization=True)
     _save_tokenizer(tokenizer, out)
+
+
+def drafter_config(spec: DrafterSpec, target: TargetSpec, vocab_size: int, draft_vocab_size: int | None = None) -> dict:
+    """``config.json`` of a DFlash drafter in the layout vLLM's ``qwen3_dflash.py`` loads.
+
+    ``draft_vocab_size`` set means the drafter has its own, smaller LM head over those target ids
+    (``d2t`` in its weights, as EAGLE-3 drafters do); unset, it shares the target's LM head.
+    """
+    config = {
+        "architectures": ["DFlashDraftModel"],
+        "model_type": "qwen3",
+        "vocab_size": vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": spec.num_hidden_layers,
+        "num_attention_heads": spec.num_attention_heads,
+        "num_key_value_heads": spec.num_key_value_heads,
+        "head_dim": spec.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1_000_000.0,
+        "max_position_embeddings": target.max_position_embeddings,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "layer_types": ["full_attention"] * spec.num_hidden_layers,
+        "block_size": spec.block_size,
+        "num_target_layers": target.num_hidden_layers,
+        "target_hidden_size": target.hidden_size,
+        "dflash_config": {
+            "target_layer_ids": list(spec.target_layer_ids),
+            "mask_token_id": spec.mask_token_id,
+        },
+        "torch_dtype": "float32",
+    }
+    if draft_vocab_size is not None:
+        config["draft_vocab_size"] = draft_vocab_size
+    return config
 
 
 def build_drafter(spec: DrafterSpec, target: TargetSpec, out: Path, tokenizer) -> None:  # noqa: ANN001
@@ -168,32 +212,7 @@ def build_drafter(spec: DrafterSpec, target: TargetSpec, out: Path, tokenizer) -
         }
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"))
-    config = {
-        "architectures": ["DFlashDraftModel"],
-        "model_type": "qwen3",
-        "vocab_size": len(tokenizer),
-        "hidden_size": h,
-        "intermediate_size": spec.intermediate_size,
-        "num_hidden_layers": spec.num_hidden_layers,
-        "num_attention_heads": spec.num_attention_heads,
-        "num_key_value_heads": spec.num_key_value_heads,
-        "head_dim": hd,
-        "hidden_act": "silu",
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1_000_000.0,
-        "max_position_embeddings": target.max_position_embeddings,
-        "tie_word_embeddings": False,
-        "attention_bias": False,
-        "layer_types": ["full_attention"] * spec.num_hidden_layers,
-        "block_size": spec.block_size,
-        "num_target_layers": target.num_hidden_layers,
-        "target_hidden_size": target.hidden_size,
-        "dflash_config": {
-            "target_layer_ids": list(spec.target_layer_ids),
-            "mask_token_id": spec.mask_token_id,
-        },
-        "torch_dtype": "float32",
-    }
+    config = drafter_config(spec, target, len(tokenizer))
     (out / "config.json").write_text(json.dumps(config, indent=2))
     _save_tokenizer(tokenizer, out)
 
