@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from tools.tiny_models import DrafterSpec, TargetSpec
 from training.dflash import DFlashDrafter, block_inputs, block_mask
-from training.target import VOCAB_SIZE, batches, cosine_lr, layer_outputs, pad_right
+from training.target import VOCAB_SIZE, batches, cosine_lr, layer_outputs, optimizer_step, pad_right
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +136,7 @@ def train_drafter(
                 gamma=gamma,
                 gen=gen,
             )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
-        opt.step()
-        if step % 50 == 0 or step == steps - 1:
-            history.append(round(loss.item(), 4))
-            bar.set_postfix(loss=history[-1])
-        if step % 250 == 0 or step == steps - 1:
-            logger.info("drafter step %d loss %.4f", step, history[-1])
+        optimizer_step(opt, drafter, loss, step, steps, history, bar, "drafter")
         if checkpoint is not None and step % checkpoint_every == checkpoint_every - 1:
             checkpoint()
     drafter.eval()

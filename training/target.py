@@ -97,6 +97,28 @@ def pad_right(seqs: list[torch.Tensor], value: int = PAD_ID) -> torch.Tensor:
     return nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
 
 
+def optimizer_step(
+    opt: torch.optim.Optimizer,
+    model: nn.Module,
+    loss: torch.Tensor,
+    step: int,
+    steps: int,
+    history: list[float],
+    bar: tqdm,
+    label: str,
+) -> None:
+    """One clipped update, with the loss sampled into ``history`` and shown on the progress bar."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    if step % 50 == 0 or step == steps - 1:
+        history.append(round(loss.item(), 4))
+        bar.set_postfix(loss=history[-1])
+    if step % 250 == 0 or step == steps - 1:
+        logger.info("%s step %d loss %.4f", label, step, history[-1])
+
+
 def cosine_lr(step: int, steps: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -136,15 +158,7 @@ def train_target(
             loss = sparse_vocab_loss(
                 hidden.reshape(-1, hidden.shape[-1])[valid], embed, keep_ids, index[labels.reshape(-1)[valid]]
             )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % 50 == 0 or step == steps - 1:
-            history.append(round(loss.item(), 4))
-            bar.set_postfix(loss=history[-1])
-        if step % 250 == 0 or step == steps - 1:
-            logger.info("target step %d loss %.4f", step, history[-1])
+        optimizer_step(opt, model, loss, step, steps, history, bar, "target")
     model.eval()
     return history
 
