@@ -76,6 +76,20 @@ def test_cold_requests_spread_over_replicas():
     assert sorted(in_flight.values()) == [3, 3, 3, 3]
 
 
+def test_cold_prompts_rotate_by_turn_not_by_load():
+    """No-hit LRU: among replicas within imbalance_abs of the least loaded, the least recently cold one."""
+    p = PrefixPolicy()
+    # r2 is 40 above the least loaded (beyond the slack of 32) but under 1.5x it: no cluster-wide imbalance
+    loads = [ReplicaLoad("r0", 100, 200), ReplicaLoad("r1", 105, 200), ReplicaLoad("r2", 140, 200)]
+    chosen = []
+    for i in range(4):
+        req = _req(range(100 * i + 1, 100 * i + 9), rid=str(i))
+        d = p.choose(req, loads)
+        p.on_routed(req, d.first)
+        chosen.append((d.first, d.reason))
+    assert chosen == [("r0", "cold"), ("r1", "cold"), ("r0", "cold"), ("r1", "cold")]
+
+
 def test_session_affinity_is_stable_and_spreads():
     p = PrefixPolicy()
     reps = _replicas(0, 0, 0, 0)

@@ -3,7 +3,8 @@
     python -m bench.routing_sim [--quick] [--only EXPERIMENT,...] [--prefix NAME=VALUE ...] [--out DIR]
 
 Experiments: load, working_set, hot_prefixes, multi_turn, no_shared_prefix, routing_cost (default: all).
-``--prefix`` sets a PrefixPolicyConfig field of ``prefix`` and ``prefix_approx`` (e.g. imbalance_abs=32).
+``--prefix`` sets a PrefixPolicyConfig field of ``prefix`` and ``prefix_approx`` (e.g. imbalance_abs=8,
+the old default).
 
 Prints a table per experiment point and the issue's goals, writes ``routing_sim.json`` and PNG plots
 to ``bench/results/`` (``--quick``: 16 replicas, about a minute; default: 64 replicas, several minutes).

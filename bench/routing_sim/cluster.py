@@ -1,7 +1,8 @@
 """The discrete-event simulation: a router running a real policy object in front of N replicas.
 
 The router does what ``deployments/router.py`` does: for each request it builds a
-:class:`~routing.policy.RouteRequest` from the prompt's vLLM block hashes and a
+:class:`~routing.policy.RouteRequest` from the prompt's leading vLLM block hashes (at most
+``ROUTE_BLOCKS``, ``RoutingConfig.max_prefix_blocks``, as that router hashes them) and a
 :class:`~routing.policy.ReplicaLoad` per replica — ``in_flight`` from its own counter (exact), ``waiting``
 and ``kv_usage`` from the replicas' last report (every ``stats_period_s``, so up to that stale) — asks
 ``policy.choose``, takes the first replica with room in the best ranked group (least in flight first,
@@ -31,10 +32,12 @@ from bench.routing_sim.workloads import Workload
 from routing.events import BlocksRemoved, BlocksStored, KvEvent
 from routing.hashing import BlockHash
 from routing.policy import Decision, Policy, ReplicaLoad, RouteRequest
+from serve_app.config import RoutingConfig
 
 logger = logging.getLogger(__name__)
 
 _ARRIVE, _STEP, _KV_EVENTS, _STATS = range(4)
+ROUTE_BLOCKS: int = RoutingConfig.model_fields["max_prefix_blocks"].default  # leading blocks the router hashes
 WARMUP_FRACTION = 0.25  # of the arrival horizon: long enough for the caches to fill at every scale here
 
 
@@ -155,7 +158,7 @@ class Simulation:
 
     def _route(self, job: Job) -> bool:
         """Route ``job`` if some replica has room; False leaves it to the caller to queue."""
-        request = RouteRequest(job.request_id, job.turn.block_hashes)
+        request = RouteRequest(job.request_id, job.turn.block_hashes[:ROUTE_BLOCKS])
         decision = self.policy.choose(request, self._loads)
         index = self._pick(decision)
         if index is None:

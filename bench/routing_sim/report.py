@@ -13,7 +13,7 @@ from typing import Any
 SATURATED = 0.95  # round robin delivers less than this share of the offered output: the cluster is saturated
 CLOSED_LOOP = {"multi_turn"}  # a turn waits for the previous one, so delivered < offered says nothing there
 BASELINES = ("ray_prefix", "sglang_cache_aware")
-OURS = ("prefix", "prefix_proposed")
+OURS = ("prefix",)
 X_LABELS = {
     "load": "load",
     "working_set": "working set / cluster KV",

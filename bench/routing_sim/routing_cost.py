@@ -1,8 +1,8 @@
 """What one routing decision of the ``prefix`` policy costs: hashing an 8k-token prompt plus ``choose``.
 
-For the production policy and for ``prefix_proposed`` (patched match, and only the first 256 blocks
-hashed), the index is filled to its bound first (``capacity_blocks`` entries for each of 64
-replicas), then one 8192-token prompt is routed repeatedly in three situations:
+The router hashes the prompt's leading ``ROUTE_BLOCKS`` blocks (256, 4k tokens: half of this prompt),
+as ``deployments/router.py`` does. The index is filled to its bound first (``capacity_blocks`` entries
+for each of 64 replicas), then one 8192-token prompt is routed repeatedly in three situations:
 
 * ``cold`` — no replica holds any of it;
 * ``shared_system_prompt`` — every replica holds its first 2048 tokens (a system prompt all traffic
@@ -20,8 +20,8 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
+from bench.routing_sim.cluster import ROUTE_BLOCKS
 from bench.routing_sim.metrics import percentile
-from bench.routing_sim.proposals import ROUTE_BLOCKS, ProposedPrefixPolicy
 from bench.routing_sim.workloads import VOCAB
 from routing.hashing import BlockHash, block_hashes
 from routing.policies import PrefixPolicy, PrefixPolicyConfig
@@ -60,19 +60,15 @@ def measure(capacity_blocks: int, iterations: int, seed: int = 0) -> dict[str, o
         "prompt_tokens": PROMPT_TOKENS,
         "index_capacity_blocks_per_replica": capacity_blocks,
     }
-    config = PrefixPolicyConfig(capacity_blocks=capacity_blocks)
-    for policy, hashed_tokens in (
-        (PrefixPolicy(config), PROMPT_TOKENS),
-        (ProposedPrefixPolicy(config), ROUTE_BLOCKS * BLOCK_SIZE),
-    ):
-        out[policy.name] = _measure_policy(policy, hashed_tokens, iterations, random.Random(seed))
+    policy = PrefixPolicy(PrefixPolicyConfig(capacity_blocks=capacity_blocks))
+    out[policy.name] = _measure_policy(policy, iterations, random.Random(seed))
     return out
 
 
-def _measure_policy(policy: PrefixPolicy, hashed_tokens: int, iterations: int, rng: random.Random) -> dict[str, object]:
+def _measure_policy(policy: PrefixPolicy, iterations: int, rng: random.Random) -> dict[str, object]:
     _fill(policy, rng)
     tokens = [rng.randrange(VOCAB) for _ in range(PROMPT_TOKENS)]
-    hashes = tuple(block_hashes(tokens, BLOCK_SIZE))
+    hashes = _route_hashes(tokens)
     system = hashes[: SYSTEM_TOKENS // BLOCK_SIZE]
     loads = [ReplicaLoad(f"replica-{r:02d}", 20 + rng.randrange(8), 64, 0.0, 0.5) for r in range(REPLICAS)]
     results = []
@@ -83,13 +79,17 @@ def _measure_policy(policy: PrefixPolicy, hashed_tokens: int, iterations: int, r
     ):
         for replica, held in holders.items():
             policy.on_routed(RouteRequest("setup", held), replica)
-        results.append(_time(scenario, policy, tokens[:hashed_tokens], loads, iterations))
+        results.append(_time(scenario, policy, tokens, loads, iterations))
     return {
-        "hashed_tokens": hashed_tokens,
+        "hashed_tokens": len(hashes) * BLOCK_SIZE,
         "index_entries": policy.index.size_blocks(),
         "index_entry_bound": REPLICAS * policy.config.capacity_blocks,
         "scenarios": [asdict(r) for r in results],
     }
+
+
+def _route_hashes(tokens: list[int]) -> tuple[BlockHash, ...]:
+    return tuple(block_hashes(tokens, BLOCK_SIZE, max_blocks=ROUTE_BLOCKS))
 
 
 def _time(
@@ -98,7 +98,7 @@ def _time(
     hash_ms, choose_ms, wall_ms = [], [], []
     for i in range(iterations):
         w0, t0 = time.perf_counter(), time.thread_time()
-        hashes = tuple(block_hashes(tokens, BLOCK_SIZE))
+        hashes = _route_hashes(tokens)
         t1 = time.thread_time()
         policy.choose(RouteRequest(f"probe-{i}", hashes), loads)
         t2, w2 = time.thread_time(), time.perf_counter()

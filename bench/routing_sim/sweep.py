@@ -9,9 +9,9 @@
 * ``multi_turn`` and ``no_shared_prefix`` — chats whose context grows, and prompts with nothing to reuse.
 
 Every point runs every policy on the same requests (same hashes, same arrival times). Our ``prefix``
-policy runs three ways: ``prefix`` in precise mode (KV events, the production setting),
-``prefix_approx`` (routing history only, like the anchors' trees) and ``prefix_proposed`` (precise,
-with the changes of ``proposals.py``). The pooled-cache bound comes with every run.
+policy runs two ways: ``prefix`` in precise mode (KV events, the production setting) and
+``prefix_approx`` (routing history only, like the anchors' trees). The pooled-cache bound comes with
+every run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from bench.routing_sim.baselines import RayPrefixPolicy, SglangCacheAwarePolicy
 from bench.routing_sim.cluster import WARMUP_FRACTION, PolicyFactory, SimConfig, Simulation
 from bench.routing_sim.engine import EngineModel
 from bench.routing_sim.metrics import RunMetrics
-from bench.routing_sim.proposals import PROPOSED_IMBALANCE_ABS, ProposedPrefixPolicy
 from bench.routing_sim.workloads import Workload, multi_turn, no_shared_prefix, shared_prefix
 from routing.policies import PowerOfTwoPolicy, PrefixPolicy, PrefixPolicyConfig, RoundRobinPolicy
 
@@ -42,6 +41,11 @@ SYSTEM_TOKENS = 256
 CONTEXT_TOKENS = 512
 TURNS = 4
 THINK_MEAN_S = 0.25
+# Index entries per replica, as a multiple of the engine's KV blocks. The index also holds the blocks
+# of requests routed but not yet computed (recorded at routing time), which share its LRU with the
+# blocks the engine confirmed: sized to the pool exactly, the index pushes out up to 3% of the blocks
+# an engine still holds under queueing (tests/test_routing_sim.py); a quarter more leaves room for them.
+INDEX_HEADROOM = 1.25
 HOT_SKEW = 1.0  # Zipf exponent of the hot_prefixes experiment: the top group gets ~1/ln(groups) of traffic
 MULTI_TURN_WARMUP = 0.4  # of the arrival horizon: one session lifetime, until turns reach steady state
 
@@ -54,13 +58,9 @@ class PolicySpec:
 
 
 def _prefix(engine: EngineModel, cfg: PrefixPolicyConfig) -> PolicyFactory:
-    # The index follows the engine's pool: one entry per KV block a replica can hold.
-    return lambda clock: PrefixPolicy(replace(cfg, capacity_blocks=engine.kv_blocks))
-
-
-def _proposed(engine: EngineModel, cfg: PrefixPolicyConfig) -> PolicyFactory:
-    proposed = replace(cfg, capacity_blocks=engine.kv_blocks, imbalance_abs=PROPOSED_IMBALANCE_ABS)
-    return lambda clock: ProposedPrefixPolicy(proposed)
+    # The index follows the engine's pool: one entry per KV block a replica can hold, plus headroom.
+    sized = replace(cfg, capacity_blocks=round(INDEX_HEADROOM * engine.kv_blocks))
+    return lambda clock: PrefixPolicy(sized)
 
 
 POLICY_SPECS: tuple[PolicySpec, ...] = (
@@ -70,7 +70,6 @@ POLICY_SPECS: tuple[PolicySpec, ...] = (
     PolicySpec("sglang_cache_aware", lambda e, c: lambda clock: SglangCacheAwarePolicy(clock)),
     PolicySpec("prefix_approx", _prefix),
     PolicySpec("prefix", _prefix, precise=True),
-    PolicySpec("prefix_proposed", _proposed, precise=True),
 )
 
 
