@@ -28,7 +28,7 @@ from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, Repli
 from deployments import router_metrics as metrics
 from deployments.kv_stream import StreamFollower
 from routing.events import BlocksStored, KvEvent
-from routing.hashing import block_hashes
+from routing.hashing import BlockHasher
 from routing.policies import POLICIES, PrefixPolicyConfig
 from routing.policy import Policy, ReplicaLoad, RouteRequest
 from serve_app.config import KvStreamSettings
@@ -66,6 +66,7 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
     ) -> None:
         self._model = model
         self._max_prefix_blocks = max_prefix_blocks
+        self._hasher = BlockHasher()  # memoised: shared prefixes are hashed once
         self._policy_name = policy
         self._policy = make_policy(policy, policy_options or {})
         self._in_flight: Counter[str] = Counter()
@@ -114,7 +115,7 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
                 self._group_block_size = int(reported.get("group_block_size") or self._block_size)
                 self._align_tokens = int(reported.get("cache_align_tokens") or self._group_block_size)
             hashes = tuple(
-                block_hashes(
+                self._hasher.hashes(
                     hint.token_ids,
                     self._block_size,
                     self._group_block_size,

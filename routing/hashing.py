@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NewType
 
 BlockHash = NewType("BlockHash", int)
@@ -56,6 +56,22 @@ def block_hashes(
     of its groups' block sizes, so blocks past that boundary are never stored. ``max_blocks`` stops
     after that many (group) blocks: routing needs a prompt's leading blocks, and this bounds its cost.
     """
+    return _chain(token_ids, block_size, group_block_size, align_tokens, max_blocks, none_hash(seed), _step)
+
+
+def _step(parent: bytes, block: tuple[int, ...]) -> bytes:
+    return _sha256((parent, block, None))
+
+
+def _chain(
+    token_ids: Sequence[int],
+    block_size: int,
+    group_block_size: int | None,
+    align_tokens: int | None,
+    max_blocks: int | None,
+    parent: bytes,
+    step: Callable[[bytes, tuple[int, ...]], bytes],
+) -> list[BlockHash]:
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
     group = group_block_size or block_size
@@ -63,15 +79,50 @@ def block_hashes(
         raise ValueError(f"group block size {group} is not a multiple of the hashing block size {block_size}")
     scale = group // block_size
     end = len(token_ids) if not align_tokens else len(token_ids) // align_tokens * align_tokens
-    parent = none_hash(seed)
     out: list[BlockHash] = []
     for i, start in enumerate(range(0, end - block_size + 1, block_size), start=1):
-        parent = _sha256((parent, tuple(token_ids[start : start + block_size]), None))
+        parent = step(parent, tuple(token_ids[start : start + block_size]))
         if i % scale == 0:
             out.append(BlockHash(int.from_bytes(parent, "big") & _MASK_64))
             if max_blocks is not None and len(out) >= max_blocks:
                 break
     return out
+
+
+class BlockHasher:
+    """:func:`block_hashes` with a bounded memo of chain steps.
+
+    Most of a prompt is usually a prefix some earlier request had (a shared system prompt, the
+    conversation's previous turns); its blocks then cost a dict lookup instead of pickle + SHA-256,
+    which is most of a routing decision's cost for long prompts. The memo keeps at most ``capacity``
+    steps, oldest first out (about 0.3 KB each).
+    """
+
+    def __init__(self, capacity: int = 65536, seed: str = DEFAULT_NONE_HASH_SEED) -> None:
+        if capacity <= 0:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self._root = none_hash(seed)
+        self._memo: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
+
+    def hashes(
+        self,
+        token_ids: Sequence[int],
+        block_size: int,
+        group_block_size: int | None = None,
+        align_tokens: int | None = None,
+        max_blocks: int | None = None,
+    ) -> list[BlockHash]:
+        return _chain(token_ids, block_size, group_block_size, align_tokens, max_blocks, self._root, self._step)
+
+    def _step(self, parent: bytes, block: tuple[int, ...]) -> bytes:
+        key = (parent, block)
+        digest = self._memo.get(key)
+        if digest is None:
+            digest = self._memo[key] = _step(parent, block)
+            if len(self._memo) > self.capacity:
+                del self._memo[next(iter(self._memo))]
+        return digest
 
 
 def infer_hash_block_size(

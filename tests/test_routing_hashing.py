@@ -77,3 +77,18 @@ def test_alignment_hashes_only_whole_cache_units():
 def test_max_blocks_hashes_only_the_leading_blocks():
     tokens = list(range(2000))
     assert block_hashes(tokens, 16, max_blocks=10) == block_hashes(tokens, 16)[:10]
+
+
+def test_memoised_hasher_equals_block_hashes_and_stays_bounded():
+    from routing.hashing import BlockHasher
+
+    rng = random.Random(5)
+    system = [rng.randrange(262144) for _ in range(300)]
+    hasher = BlockHasher(capacity=40)
+    for _ in range(5):
+        prompt = system + [rng.randrange(262144) for _ in range(rng.randrange(0, 200))]
+        for args in ((16,), (16, 64), (16, 64, 128), (32, None, None, 5)):
+            assert hasher.hashes(prompt, *args) == block_hashes(prompt, *args)
+        assert len(hasher._memo) <= 40
+    with pytest.raises(ValueError):
+        BlockHasher(capacity=0)
