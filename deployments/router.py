@@ -39,6 +39,15 @@ DEFAULT_BLOCK_SIZE = 16  # vLLM's default, used until a replica has reported its
 _MEMO_REQUESTS = 4096  # routing attempts of one request reuse its hashes; bound the memo
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A request between its first routing attempt and being sent: its hashes and what was predicted."""
+
+    request: RouteRequest
+    first_choice: str = ""
+    matched_blocks: int = 0  # leading blocks the first choice was believed to hold
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingHint:
     """What the ingress knows about a request that the router needs; passed as the ``routing`` kwarg."""
@@ -71,8 +80,7 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
         self._policy = make_policy(policy, policy_options or {})
         self._in_flight: Counter[str] = Counter()
         self._routed: dict[str, str] = {}  # internal request id -> replica id, until completed
-        self._requests: OrderedDict[str, RouteRequest] = OrderedDict()
-        self._predicted: dict[str, tuple[str, int]] = {}  # request -> (first choice, blocks it holds)
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()  # bounded: dropped requests never report
         self._block_size = DEFAULT_BLOCK_SIZE  # hashing block, and the followed KV group's block:
         self._group_block_size = DEFAULT_BLOCK_SIZE  # what the replicas report, with the
         self._align_tokens = DEFAULT_BLOCK_SIZE  # unit in which the engines cache prompts
@@ -98,9 +106,9 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
         self._policy.observe(event)
         metrics.STREAM_EVENTS.labels(self._model).inc()
 
-    def _route_request(self, pending: PendingRequest, replicas: list[RunningReplica]) -> RouteRequest:
+    def _route_request(self, pending: PendingRequest, replicas: list[RunningReplica]) -> _Pending:
         key = pending.metadata.internal_request_id
-        cached = self._requests.get(key)
+        cached = self._pending.get(key)
         if cached is not None:
             return cached
         # Duck-typed: Serve ships this module to the router by value, so the ingress's RoutingHint
@@ -124,11 +132,11 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
                 )
             )
             session = hint.session_key
-        req = RouteRequest(request_id=key, block_hashes=hashes, session_key=session)  # type: ignore[arg-type]
-        self._requests[key] = req
-        while len(self._requests) > _MEMO_REQUESTS:
-            self._requests.popitem(last=False)
-        return req
+        entry = _Pending(RouteRequest(request_id=key, block_hashes=hashes, session_key=session))  # type: ignore[arg-type]
+        self._pending[key] = entry
+        while len(self._pending) > _MEMO_REQUESTS:
+            self._pending.popitem(last=False)
+        return entry
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
@@ -138,7 +146,7 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
         if self._stream is not None and not self._stream.started:
             self._start_stream()
         start = time.perf_counter()
-        req = self._route_request(pending_request, candidate_replicas)
+        entry = self._route_request(pending_request, candidate_replicas)
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         loads = [
             ReplicaLoad(
@@ -150,8 +158,8 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
             )
             for rid, r in by_id.items()
         ]
-        decision = self._policy.choose(req, loads)
-        self._predicted[req.request_id] = (decision.first, decision.matched_blocks)
+        decision = self._policy.choose(entry.request, loads)
+        entry.first_choice, entry.matched_blocks = decision.first, decision.matched_blocks
         metrics.DECISION_SECONDS.labels(self._model, self._policy_name).observe(time.perf_counter() - start)
         metrics.DECISIONS.labels(self._model, self._policy_name, decision.reason).inc()
         return [[by_id[rid] for rid in group] for group in decision.ranked]
@@ -159,10 +167,9 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult) -> None:
         key = pending_request.metadata.internal_request_id
         rid = replica_id.unique_id
-        req = self._requests.pop(key, None)
-        first, matched = self._predicted.pop(key, ("", 0))
-        if req is not None:
-            self._record(req, rid, matched if rid == first else 0)
+        entry = self._pending.pop(key, None)
+        if entry is not None:
+            self._record(entry.request, rid, entry.matched_blocks if rid == entry.first_choice else 0)
         self._routed[key] = rid
         self._in_flight[rid] += 1
 
