@@ -85,6 +85,7 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
         self._group_block_size = DEFAULT_BLOCK_SIZE  # what the replicas report, with the
         self._align_tokens = DEFAULT_BLOCK_SIZE  # unit in which the engines cache prompts
         self._stream: StreamFollower | None = None
+        self._publishing: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
         if kv_stream is not None:
             self._stream = StreamFollower(KvStreamSettings(**kv_stream), self._observe)
             self._start_stream()
@@ -179,7 +180,9 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
         self._policy.on_routed(req, rid)
         metrics.INDEX_BLOCKS.labels(self._model).set(self._policy.index_size())
         if self._stream is not None and req.block_hashes:
-            asyncio.get_running_loop().create_task(self._stream.publish(BlocksStored(rid, req.block_hashes)))
+            task = asyncio.get_running_loop().create_task(self._stream.publish(BlocksStored(rid, req.block_hashes)))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         rid = self._routed.pop(internal_request_id, None)
