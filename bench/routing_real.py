@@ -122,14 +122,11 @@ def _app(arm: str, sizes: Sizes, redis_url: str | None) -> tuple[Any, Any]:
     return serve.deployment(Ingress).options(**ingress_options(config)).bind(config, {model.id: engine}), config
 
 
-def _replica_stats(app_name: str) -> dict[str, dict[str, float]]:
+def _replica_stats(config: Any) -> dict[str, dict[str, float]]:
     from ray import serve
 
-    from serve_app.config import ModelConfig
-
-    name = ModelConfig(id=MODEL, target="-").deployment_name()
-    results = serve.get_deployment_handle(name, app_name=app_name).broadcast("describe").results(timeout_s=60)
-    return {r["replica_id"]: r["stats"] for r in results}
+    handle = serve.get_deployment_handle(config.models[0].deployment_name(), app_name=config.name)
+    return {r["replica_id"]: r["stats"] for r in handle.broadcast("describe").results(timeout_s=60)}
 
 
 async def _chat(client: httpx.AsyncClient, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, str]:
@@ -215,11 +212,11 @@ def run_arm(arm: str, sizes: Sizes, redis_url: str | None) -> dict[str, Any]:
             ("shared_prefix", sizes.groups * sizes.per_group),
             ("multi_turn", sizes.conversations * sizes.turns),
         ):
-            before = _replica_stats(config.name)
+            before = _replica_stats(config)
             t0 = time.perf_counter()
             with tqdm(total=total, desc=f"{arm}/{workload}", unit="req") as bar:
                 ttfts = asyncio.run(_run_workload(f"http://127.0.0.1:{port}", workload, sizes, bar))
-            out[workload] = _summary(ttfts, before, _replica_stats(config.name), time.perf_counter() - t0)
+            out[workload] = _summary(ttfts, before, _replica_stats(config), time.perf_counter() - t0)
     finally:
         serve.delete(config.name)
         serve.shutdown()
