@@ -269,7 +269,7 @@ def main() -> None:
     redis = RedisServer() if "prefix_precise" in arms else None
     if redis is not None:
         redis.start()
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
     results: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
     try:

@@ -97,7 +97,7 @@ def served(redis_server: RedisServer) -> Iterator[Served]:
 
     config = e2e_config(redis_server.url)
     port = free_port()
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_from_config(config), name=config.name, route_prefix="/")

@@ -38,7 +38,12 @@ def start_ray(num_cpus: int | None) -> None:
     import ray
 
     # Logical CPUs: engine replicas reserve whole CPUs but mostly wait on their engine process.
-    ray.init(num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False, logging_level="WARNING")
+    ray.init(
+        address="local",
+        num_cpus=num_cpus or max(4, os.cpu_count() or 1),
+        include_dashboard=False,
+        logging_level="WARNING",
+    )
 
 
 def deploy(config_path: str, speculative: str | None, host: str, port: int) -> list[str]:
