@@ -14,7 +14,13 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serve_app.config import AppConfig
 
 logger = logging.getLogger("dflash_serve.serve")
 
@@ -48,17 +54,34 @@ def start_ray(num_cpus: int | None) -> None:
 
 def deploy(config_path: str, speculative: str | None, host: str, port: int) -> list[str]:
     """Start Serve and deploy the app; returns the served model ids once all replicas are ready."""
-    from ray import serve
-
-    from serve_app.build import build_from_config
     from serve_app.config import BuildArgs
 
     config = BuildArgs.model_validate({"config": config_path, "speculative": speculative}).resolve()
+    return deploy_config(config, host, port)
+
+
+def deploy_config(config: AppConfig, host: str, port: int) -> list[str]:
+    """Start Serve on ``host:port`` and deploy ``config``; returns once every replica is ready."""
+    from ray import serve
+
+    from serve_app.build import build_from_config
+
     serve.start(http_options={"host": host, "port": port})
     t0 = time.monotonic()
     serve.run(build_from_config(config), name=config.name, route_prefix="/")
     logger.info("application ready in %.1f s", time.monotonic() - t0)
     return [m.id for m in config.models]
+
+
+@contextmanager
+def serving(config: AppConfig, port: int, host: str = "127.0.0.1", num_cpus: int | None = None) -> Iterator[str]:
+    """A fresh local Ray serving ``config``, for benchmarks and tools; yields the base URL, stops it all after."""
+    start_ray(num_cpus)
+    try:
+        deploy_config(config, host, port)
+        yield f"http://{host}:{port}"
+    finally:
+        stop()
 
 
 def stop() -> None:
