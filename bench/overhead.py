@@ -1,0 +1,250 @@
+"""What dflash-serve costs on top of vLLM: one engine config, served bare and through our stack.
+
+(a) ``vllm serve`` (vLLM's own OpenAI server, started from the argv the engine replica itself parses,
+so both sides run one engine configuration by construction) and (b) dflash-serve with one engine
+replica (ingress, prefix router, Serve proxy) run side by side; the same client sends the same prompts
+to each at concurrency 1, 8 and 32, in rounds whose order alternates (a b, b a, ...) so that drift of a
+shared machine lands on both. Reported per concurrency: throughput ratio (b / a), added TTFT and
+inter-chunk latency at p50 and p99. Goals: >= 0.97x throughput, <= 5 ms added TTFT p50. Anchor: Ray
+Serve LLM added 47.9 ms TTFT over bare vLLM (16.9 -> 64.8 ms, ray-project/ray#59681); it cannot run on a
+CPU machine (it forces vLLM's Ray executor), so its published figure stands beside ours.
+
+On a CPU-only box the engine, the ingress and the proxy share the same cores, so every millisecond the
+stack spends is also taken from the engine: an upper bound of what a GPU node (engine on the GPU)
+would see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+from bench.datasets import load_prompts
+from bench.load import RequestResult, RunResult, run_closed_loop
+
+logger = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RAY_SERVE_LLM_ANCHOR = {"bare_vllm_ttft_ms": 16.9, "ray_serve_llm_ttft_ms": 64.8, "source": "ray-project/ray#59681"}
+SIDES = ("vllm", "dflash_serve")
+
+
+def start_vllm(model: Any, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    """vLLM's OpenAI server for ``model`` (our engine argv), in its own process group."""
+    from deployments.engine_args import vllm_serve_argv
+
+    argv = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", *vllm_serve_argv(model)]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log"]
+    log = log_path.open("wb")
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 900) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vllm serve exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"{url} not healthy after {timeout_s:.0f} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def bodies(prompts: list[str], model: str, max_tokens: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": p}],
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "ignore_eos": True,  # every request generates max_tokens on both sides: equal work
+        }
+        for p in prompts
+    ]
+
+
+def compare(runs: dict[str, list[RunResult]]) -> dict[str, Any]:
+    """Pool each side's rounds and put dflash-serve against bare vLLM."""
+    pooled = {
+        side: RunResult(
+            concurrency=rs[0].concurrency,
+            wall_s=sum(r.wall_s for r in rs),
+            requests=[q for r in rs for q in r.requests],
+        ).summary()
+        for side, rs in runs.items()
+    }
+    a, b = pooled["vllm"], pooled["dflash_serve"]
+
+    def added_ms(key: str) -> float | None:
+        if a[key] is None or b[key] is None:
+            return None
+        return (b[key] - a[key]) * 1000
+
+    return {
+        "vllm": a,
+        "dflash_serve": b,
+        "throughput_ratio": b["tokens_per_s"] / a["tokens_per_s"] if a["tokens_per_s"] else None,
+        "added_ttft_p50_ms": added_ms("ttft_p50_s"),
+        "added_ttft_p99_ms": added_ms("ttft_p99_s"),
+        "added_itl_p50_ms": added_ms("itl_p50_s"),
+        "added_itl_p99_ms": added_ms("itl_p99_s"),
+    }
+
+
+def measure(
+    urls: dict[str, str], model: str, prompts: list[str], c: int, rounds: int, per_round: int, tokens: int, bar: tqdm
+) -> dict[str, Any]:
+    runs: dict[str, list[RunResult]] = {s: [] for s in SIDES}
+
+    def done(_: RequestResult) -> None:
+        bar.update()
+
+    for side in SIDES:  # warm both (first requests pay lazy initialisation)
+        asyncio.run(run_closed_loop(urls[side], bodies(prompts[:c], model, tokens), c))
+    for r in range(rounds):
+        batch = bodies(prompts[(r + 1) * per_round : (r + 2) * per_round], model, tokens)
+        for side in SIDES if r % 2 == 0 else tuple(reversed(SIDES)):
+            runs[side].append(asyncio.run(run_closed_loop(urls[side], batch, c, on_done=done)))
+    return compare(runs)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cs = list(results["by_concurrency"])
+    cells = [results["by_concurrency"][c] for c in cs]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.bar(cs, [x["throughput_ratio"] or 0 for x in cells], color="tab:blue")
+    ax1.axhline(0.97, color="tab:red", linestyle="--", label="goal 0.97")
+    ax1.set_title("dflash-serve / bare vLLM throughput")
+    ax1.set_xlabel("concurrency")
+    ax1.legend()
+    xs = range(len(cs))
+    ax2.bar([x - 0.2 for x in xs], [x["added_ttft_p50_ms"] or 0 for x in cells], 0.4, label="added TTFT p50")
+    ax2.bar([x + 0.2 for x in xs], [x["added_ttft_p99_ms"] or 0 for x in cells], 0.4, label="added TTFT p99")
+    anchor = RAY_SERVE_LLM_ANCHOR["ray_serve_llm_ttft_ms"] - RAY_SERVE_LLM_ANCHOR["bare_vllm_ttft_ms"]
+    ax2.axhline(anchor, color="grey", linestyle=":", label=f"Ray Serve LLM (#59681): +{anchor:.1f} ms")
+    ax2.axhline(5, color="tab:red", linestyle="--", label="goal 5 ms")
+    ax2.set_xticks(list(xs))
+    ax2.set_xticklabels(cs)
+    ax2.set_xlabel("concurrency")
+    ax2.set_title("added time to first token (ms)")
+    ax2.legend(fontsize=8)
+    fig.suptitle(results["label"], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [
+        "| c | tok/s vLLM | tok/s ours | ratio | TTFT p50 vLLM | added TTFT p50 | added TTFT p99 "
+        "| added ITL p50 | added ITL p99 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(v: float | None, spec: str = ".1f") -> str:
+        return format(v, spec) if v is not None else "–"
+
+    for c, x in results["by_concurrency"].items():
+        ttft = x["vllm"]["ttft_p50_s"]
+        lines.append(
+            f"| {c} | {f(x['vllm']['tokens_per_s'])} | {f(x['dflash_serve']['tokens_per_s'])} "
+            f"| {f(x['throughput_ratio'], '.3f')} | {f(ttft * 1000 if ttft else None)} ms "
+            f"| {f(x['added_ttft_p50_ms'])} ms | {f(x['added_ttft_p99_ms'])} ms "
+            f"| {f(x['added_itl_p50_ms'])} ms | {f(x['added_itl_p99_ms'])} ms |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="serve_app/configs/local.yaml", help="AppConfig; its first model is used")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per concurrency")
+    parser.add_argument("--requests", type=int, default=0, help="requests per round (default: max(8, 2 x c))")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--quick", action="store_true", help="c=1,4, 2 rounds, 32 tokens")
+    parser.add_argument("--out", type=Path, default=RESULTS / "overhead")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    import platform
+
+    from serve_app.build import localize
+    from serve_app.config import AppConfig
+    from tools.demo_pair import ensure_demo_pair
+    from tools.redis_server import free_port
+    from tools.serve import serving
+
+    if args.quick:
+        args.concurrency, args.rounds, args.max_tokens = "1,4", 2, 32
+    ensure_demo_pair()
+    base = AppConfig.from_yaml(args.config)
+    model = localize(base.models[0])
+    one = model.replicas.model_copy(update={"min_replicas": 1, "max_replicas": 1, "initial_replicas": None})
+    config = base.model_copy(update={"name": "bench-overhead", "models": [model.model_copy(update={"replicas": one})]})
+    prompts = load_prompts("gsm8k")
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    vllm_port = free_port()
+    proc = start_vllm(model, vllm_port, args.out.with_suffix(".vllm.log"))
+    results: dict[str, Any] = {
+        "label": f"{model.id} (speculative={model.speculative is not None}) on {platform.node()}, "
+        f"{os.cpu_count()} CPUs, max_tokens={args.max_tokens}",
+        "anchor": RAY_SERVE_LLM_ANCHOR,
+        "by_concurrency": {},
+    }
+    try:
+        with serving(config, free_port()) as ours:
+            wait_healthy(f"http://127.0.0.1:{vllm_port}", proc)
+            urls = {
+                "vllm": f"http://127.0.0.1:{vllm_port}/v1/chat/completions",
+                "dflash_serve": ours + "/v1/chat/completions",
+            }
+            plan = {c: args.requests or max(8, 2 * c) for c in concurrencies}
+            total = sum(2 * args.rounds * n for n in plan.values())
+            with tqdm(total=total, desc="overhead", unit="req") as bar:
+                for c, n in plan.items():
+                    bar.set_postfix_str(f"c={c}")
+                    results["by_concurrency"][str(c)] = measure(
+                        urls, model.id, prompts, c, args.rounds, n, args.max_tokens, bar
+                    )
+    finally:
+        stop(proc)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    plot(results, args.out.with_suffix(".png"))
+    print("\n" + results["label"] + "\n\n" + report(results))
+    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
