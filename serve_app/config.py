@@ -103,10 +103,11 @@ class ReplicaConfig(_Strict):
         description="Target share of max_num_seqs busy per replica; above it Serve adds replicas.",
     )
     queue_headroom: float = Field(
-        1.0,
+        1.5,
         ge=1,
-        description="max_ongoing_requests = max_num_seqs x this: requests a replica accepts before "
-        "the router must look elsewhere (1.0: never queue behind a full batch).",
+        description="max_ongoing_requests = max_num_seqs x this: requests a replica accepts (the rest queue in "
+        "the engine) before the router must look elsewhere. Past saturation, 1.0 sends waiting requests to "
+        "whichever slot frees first and prefix affinity collapses (docs/benchmarks.md, scaling).",
     )
     upscale_delay_s: float = Field(10, ge=0, description="How long load must stay high before adding.")
     downscale_delay_s: float = Field(300, ge=0, description="How long load must stay low before removing.")
