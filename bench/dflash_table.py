@@ -320,7 +320,7 @@ def main() -> None:
     _run(endpoints, settings, args.out, args.only, args.label or args.base_url)
 
 
-def _run(endpoints: dict[str, Endpoint], s: Settings, out: Path, only: str | None, label: str) -> None:
+def _run(endpoints: dict[str, Endpoint], s: Settings, out: Path, only: str | None, label: str) -> dict[str, Any]:
     path = out.with_suffix(".json")
     results: dict[str, Any] = json.loads(path.read_text()) if only and path.exists() else {}
     results["label"] = label
@@ -329,6 +329,7 @@ def _run(endpoints: dict[str, Endpoint], s: Settings, out: Path, only: str | Non
     write_outputs(results, out)
     print("\n" + markdown_table(results))
     print(f"wrote {path}, {out.with_suffix('.md')} and {out.with_suffix('.png')}")
+    return results
 
 
 def _run_quick(s: Settings, out: Path) -> None:
@@ -344,7 +345,26 @@ def _run_quick(s: Settings, out: Path) -> None:
     with serving(config, free_port()) as url:
         endpoints = {"dflash": Endpoint(url, dflash.id), "ar": Endpoint(url, ar.id)}
         label = f"quick: tiny CPU demo pair on {platform.node()} ({platform.processor() or 'cpu'})"
-        _run(endpoints, s, out, None, label)
+        results = _run(endpoints, s, out, None, label)
+    problems = smoke_problems(results)
+    if problems:
+        raise SystemExit("bench-quick failed:\n  " + "\n  ".join(problems))
+
+
+def smoke_problems(results: dict[str, Any]) -> list[str]:
+    """What makes a quick run a failure: lost requests, no tokens, or a DFlash arm that never drafted."""
+    problems = []
+    for arm in ARMS:
+        for task, cells in results.get(arm, {}).items():
+            for c, cell in cells.items():
+                where = f"{arm} {task} c={c}"
+                if cell["failed"]:
+                    problems.append(f"{where}: {cell['failed']} failed requests {cell['errors']}")
+                if cell["output_tokens"] <= 0:
+                    problems.append(f"{where}: no tokens generated")
+                if arm == "dflash" and cell["tau"] is None:
+                    problems.append(f"{where}: no drafts in /metrics (is the drafter on?)")
+    return problems
 
 
 if __name__ == "__main__":

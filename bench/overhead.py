@@ -41,14 +41,15 @@ RAY_SERVE_LLM_ANCHOR = {"bare_vllm_ttft_ms": 16.9, "ray_serve_llm_ttft_ms": 64.8
 SIDES = ("vllm", "dflash_serve")
 
 
-def start_vllm(model: Any, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    """vLLM's OpenAI server for ``model`` (our engine argv), in its own process group."""
+def start_vllm(model: Any, port: int, log_path: Path, gpu: str | None) -> subprocess.Popen[bytes]:
+    """vLLM's OpenAI server for ``model`` (our engine argv), in its own process group, on GPU ``gpu``."""
     from deployments.engine_args import vllm_serve_argv
 
     argv = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", *vllm_serve_argv(model)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log"]
+    env = os.environ | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})
     log = log_path.open("wb")
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 900) -> None:
@@ -194,7 +195,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--quick", action="store_true", help="c=1,4, 2 rounds, 32 tokens")
     parser.add_argument("--out", type=Path, default=RESULTS / "overhead")
+    parser.add_argument("--vllm-gpu", default=None, help="GPU node: the bare vLLM side's GPU (e.g. 1)")
+    parser.add_argument("--serve-gpus", default=None, help="GPU node: the GPUs Ray may give our replica (e.g. 0)")
     args = parser.parse_args()
+    if args.serve_gpus is not None:  # read by Ray when it starts below: each side on its own GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.serve_gpus
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     import platform
@@ -216,7 +221,7 @@ def main() -> None:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     vllm_port = free_port()
-    proc = start_vllm(model, vllm_port, args.out.with_suffix(".vllm.log"))
+    proc = start_vllm(model, vllm_port, args.out.with_suffix(".vllm.log"), args.vllm_gpu)
     results: dict[str, Any] = {
         "label": f"{model.id} (speculative={model.speculative is not None}) on {platform.node()}, "
         f"{os.cpu_count()} CPUs, max_tokens={args.max_tokens}",

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from bench import datasets
-from bench.dflash_table import REFERENCE, markdown_table, request_bodies, speedups
+from bench.dflash_table import REFERENCE, markdown_table, request_bodies, smoke_problems, speedups
 from bench.load import RequestResult, RunResult, _has_output
 from bench.prom import SpecCounters, read_counters
 
@@ -32,7 +32,8 @@ def test_prompts_are_formatted_as_the_reference_harness_formats_them():
     assert gsm.startswith("Janet’s ducks lay 16 eggs per day.")
     assert gsm.endswith("\nPlease reason step by step, and put your final answer within \\boxed{}.")
     he = datasets.load_prompts("humaneval")[0]
-    assert he.startswith("Write a solution to the following problem and make sure that it passes the tests:\n```python\n")
+    assert he.startswith("Write a solution to the following problem and make sure that it passes the tests:\n")
+    assert he.splitlines()[1] == "```python"
     assert he.endswith("\n```")
     assert datasets.load_prompts("mt-bench")[0].startswith("Compose an engaging travel blog post about a recent trip")
 
@@ -136,7 +137,7 @@ def test_table_shows_ours_beside_the_reference():
     table = markdown_table(results).splitlines()
     assert table[0] == "| task | c=1 | c=8 | τ (c1/c8) |"
     assert table[2] == "| GSM8K (ours) | 100 → 250 (2.5×) | 400 → 600 (1.5×) | 3.10 / 2.90 |"
-    ar1, df1, tau1 = REFERENCE["gsm8k"][1]
+    ar1, df1, _ = REFERENCE["gsm8k"][1]
     assert table[3].startswith(f"| GSM8K (B300 reference) | {ar1:,.0f} → {df1:,.0f} (3.2×) |")
     assert table[3].endswith("| 7.71 / 7.76 |")
 
@@ -144,3 +145,36 @@ def test_table_shows_ours_beside_the_reference():
 def test_table_with_one_arm_leaves_the_other_blank():
     table = markdown_table({"dflash": {"mbpp": {"32": _cell(50.0, 2.0)}}})
     assert "| MBPP (ours) | – | 2.00 |" in table
+
+
+def test_quick_run_fails_on_lost_requests_or_a_silent_drafter():
+    ok = {"failed": 0, "errors": [], "output_tokens": 10, "tau": 2.0}
+    assert smoke_problems({"ar": {"gsm8k": {"1": ok | {"tau": None}}}, "dflash": {"gsm8k": {"1": ok}}}) == []
+    bad = smoke_problems(
+        {
+            "ar": {"gsm8k": {"1": ok | {"failed": 1, "errors": ["HTTP 500"]}}},
+            "dflash": {"gsm8k": {"1": ok | {"tau": None, "output_tokens": 0}}},
+        }
+    )
+    assert bad == [
+        "ar gsm8k c=1: 1 failed requests ['HTTP 500']",
+        "dflash gsm8k c=1: no tokens generated",
+        "dflash gsm8k c=1: no drafts in /metrics (is the drafter on?)",
+    ]
+
+
+def test_overhead_pools_rounds_and_subtracts_latencies():
+    from bench.overhead import compare
+
+    def run(tokens: int, wall: float, ttft: float) -> RunResult:
+        return RunResult(1, wall, [RequestResult(ttft_s=ttft, latency_s=wall, output_tokens=tokens, itl_s=[0.01])])
+
+    out = compare(
+        {
+            "vllm": [run(100, 1.0, 0.020), run(100, 1.0, 0.020)],
+            "dflash_serve": [run(100, 1.0, 0.023), run(100, 1.5, 0.025)],
+        }
+    )
+    assert out["throughput_ratio"] == pytest.approx((200 / 2.5) / (200 / 2.0))
+    assert out["added_ttft_p50_ms"] == pytest.approx(4.0)  # medians 24 ms vs 20 ms
+    assert out["added_itl_p50_ms"] == pytest.approx(0.0)
