@@ -6,9 +6,10 @@
 ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
 FROM ${VLLM_IMAGE}
 
-# rsync/openssh: Ray's cluster launcher syncs files into the container; redis-server: the head's Redis.
+# rsync/openssh: Ray's cluster launcher syncs files into the container; redis-server: the head's Redis;
+# tmux + curl: `make monitoring` runs Prometheus in a tmux session on the head.
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server rsync openssh-client \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server rsync openssh-client tmux curl \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /home/ray/dflash-serve
