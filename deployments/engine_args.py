@@ -59,6 +59,10 @@ def vllm_serve_argv(model: ModelConfig, kv_events_config: dict[str, Any] | None 
         "chat_template_content_format": eng.chat_template_content_format,
         "seed": eng.seed,
     }
+    if eng.tensor_parallel_size > 1:
+        # vLLM's Ray executor starts one worker per bundle of the replica's placement group (serve_app/placement.py).
+        options["tensor_parallel_size"] = eng.tensor_parallel_size
+        options["distributed_executor_backend"] = "ray"
     if eng.kv_cache_memory_gib is not None:
         options["kv_cache_memory_bytes"] = int(eng.kv_cache_memory_gib * 2**30)
     if eng.block_size is not None:

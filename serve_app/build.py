@@ -19,6 +19,7 @@ from autoscaling.settings import autoscaling_config, max_ongoing_requests
 from deployments.engine import EngineReplica
 from deployments.ingress import Ingress
 from serve_app.config import AppConfig, BuildArgs, KvStreamSettings, ModelConfig
+from serve_app.placement import replica_placement
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +55,9 @@ def engine_options(model: ModelConfig, kv_stream: KvStreamSettings | None = None
         "max_prefix_blocks": model.routing.max_prefix_blocks,
         "kv_stream": kv_stream.model_dump() if kv_stream is not None else None,
     }
-    actor: dict[str, Any] = {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus}
-    if r.accelerator_type:
-        actor["accelerator_type"] = r.accelerator_type
     return {
         "name": model.deployment_name(),
-        "ray_actor_options": actor,
+        **replica_placement(model),
         "max_ongoing_requests": max_ongoing_requests(model),
         "autoscaling_config": autoscaling_config(model),
         "health_check_period_s": r.health_check_period_s,

@@ -67,6 +67,12 @@ class EngineConfig(_Strict):
         None, description="The target's attention backend (e.g. triton_attn for Gemma-4 on Blackwell)."
     )
     seed: int = Field(0, description="Engine seed, so sampled outputs with a request seed are reproducible.")
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="GPUs one engine shards the target over (the drafter runs on the same ranks, as vLLM does "
+        "for DFlash). Above 1 the replica's placement group holds one bundle per GPU on one node.",
+    )
     kv_cache_memory_gib: float | None = Field(
         None,
         gt=0,
@@ -91,8 +97,27 @@ class ReplicaConfig(_Strict):
     """Resources and scaling of the engine deployment of one model."""
 
     num_cpus: float = Field(1, ge=0, description="CPUs reserved per replica.")
-    num_gpus: float = Field(0, ge=0, description="GPUs per replica: 1 on GPU clusters, 0 on CPU.")
+    num_gpus: float = Field(
+        0, ge=0, description="GPUs per engine rank: 1 on GPU clusters, 0 on CPU (x tensor_parallel_size per replica)."
+    )
     accelerator_type: str | None = Field(None, description="Ray accelerator type label, e.g. B300.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources a replica reserves besides CPU/GPU, e.g. a slot resource that only "
+        "some nodes offer.",
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "STRICT_PACK",
+        description="Strategy of the replica's placement group (its bundles: one per GPU of the engine). "
+        "STRICT_PACK keeps a tensor-parallel engine on one node's NVLink.",
+    )
+    max_replicas_per_node: int | None = Field(
+        None,
+        ge=1,
+        description="Most replicas of this model on one node; None: as many as the node's resources allow "
+        "(8 per p6-b300 with one GPU each). Serve forbids it beside a placement group, so a capped replica is "
+        "placed as a plain actor with its one bundle's resources; not with tensor_parallel_size > 1.",
+    )
     min_replicas: int = Field(1, ge=0, description="Autoscaling floor.")
     max_replicas: int = Field(1, ge=1, description="Autoscaling ceiling.")
     initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time (default: min).")
@@ -202,6 +227,20 @@ class ModelConfig(_Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     replicas: ReplicaConfig = Field(default_factory=ReplicaConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+
+    @model_validator(mode="after")
+    def _tensor_parallel_needs_gpus(self) -> ModelConfig:
+        if self.engine.tensor_parallel_size > 1 and self.replicas.num_gpus != 1:
+            raise ValueError(
+                f"model {self.id!r}: tensor_parallel_size={self.engine.tensor_parallel_size} needs "
+                "replicas.num_gpus=1 (one whole GPU per tensor-parallel rank)"
+            )
+        if self.engine.tensor_parallel_size > 1 and self.replicas.max_replicas_per_node is not None:
+            raise ValueError(
+                f"model {self.id!r}: max_replicas_per_node needs tensor_parallel_size=1 (Ray Serve does not "
+                "cap replicas per node for placement-group replicas; the node's GPUs cap them)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _budget(self) -> ModelConfig:

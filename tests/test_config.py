@@ -10,7 +10,9 @@ from pydantic import ValidationError
 
 from serve_app.config import AppConfig, BuildArgs
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "serve_app" / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "serve_app" / "configs"
+# AppConfig files; serve-*.yaml are `serve deploy` configs generated from them (tests/test_serve_config.py).
+CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("serve-"))
 
 
 def _minimal(**model: object) -> dict:

@@ -1,0 +1,29 @@
+# The image every node of the cluster runs (cluster.yaml, cluster-local.yaml, k8s/rayservice.yaml):
+# vLLM 0.32.0 (CUDA), Ray 2.60.0 with Serve, redis-server (head node), and this project.
+#   make image IMAGE=<registry>/dflash-serve:0.1.0     # docker build + docker push
+# The project's pins (pyproject.toml, extra "gpu") decide the versions; the check below fails the build
+# if the base image brought different ones.
+ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
+FROM ${VLLM_IMAGE}
+
+# rsync/openssh: Ray's cluster launcher syncs files into the container; redis-server: the head's Redis;
+# tmux + curl: `make monitoring` runs Prometheus in a tmux session on the head.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server rsync openssh-client tmux curl \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /home/ray/dflash-serve
+COPY pyproject.toml README.md ./
+COPY serve_app serve_app
+COPY deployments deployments
+COPY autoscaling autoscaling
+COPY routing routing
+COPY tools tools
+COPY bench bench
+COPY training training
+RUN python3 -m pip install --no-cache-dir ".[gpu]" \
+ && python3 -c "import ray, vllm; assert (ray.__version__, vllm.__version__) == ('2.60.0', '0.32.0'), (ray.__version__, vllm.__version__)"
+
+# Ray's launcher runs `docker run ... bash` and KubeRay its own command: no `vllm serve` entrypoint.
+ENTRYPOINT []
+CMD ["bash"]
