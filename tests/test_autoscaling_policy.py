@@ -1,0 +1,258 @@
+"""The SLO autoscaling policy's arithmetic (autoscaling/policy.py), tick by tick on a fake clock."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from autoscaling.policy import (
+    PolicyParams,
+    PolicyState,
+    ReplicaSignals,
+    decide,
+    load_needed,
+    project,
+    replica_fill,
+    signals_from_stats,
+)
+
+P = PolicyParams(
+    min_replicas=1,
+    max_replicas=10,
+    target_batch=48,
+    ttft_p90_s=2.0,
+    tpot_p90_s=0.05,
+    kv_cache_target=0.8,
+    replica_start_s=240,
+    max_lookahead_factor=2.0,
+    trend_half_life_s=30,
+    downscale_delay_s=300,
+    downscale_headroom=0.8,
+    scale_to_zero_idle_s=600,
+)
+
+
+def _busy(running: float, **kw: float) -> ReplicaSignals:
+    return ReplicaSignals(running=running, **kw)
+
+
+IDLE = PolicyState()
+
+
+def _tick(replicas, target, now, state=IDLE, queued=0.0, ongoing=None, params=P):
+    if ongoing is None:
+        ongoing = queued + sum(r.running + r.waiting for r in replicas)
+    return decide(replicas, queued=queued, ongoing=ongoing, target=target, now=now, state=state, params=params)
+
+
+def _steady(replicas, target, start, seconds, state=IDLE, params=P, step=1.0):
+    """Ticks every ``step`` seconds under constant load; returns the decisions."""
+    out = []
+    t = start
+    while t <= start + seconds + 1e-9:
+        d = _tick(replicas, target, t, state, params=params)
+        out.append(d)
+        state, target = d.state, d.replicas
+        t += step
+    return out
+
+
+# --- fill -------------------------------------------------------------------------------------------
+
+
+def test_fill_is_the_largest_signal():
+    assert replica_fill(_busy(24), P) == (0.5, "sequences")
+    assert replica_fill(_busy(24, waiting=24), P) == (1.0, "sequences")
+    assert replica_fill(_busy(8, kv_cache_usage=0.8), P) == (1.0, "kv")  # 8 long prompts: full
+    assert replica_fill(_busy(8, ttft_p90_s=3.0), P) == (1.5, "ttft")
+    assert replica_fill(_busy(8, tpot_p90_s=0.1), P) == (2.0, "tpot")
+
+
+def test_latency_of_an_idle_replica_is_ignored():
+    # The window's p90 outlives the requests; an empty replica is not over capacity.
+    assert replica_fill(ReplicaSignals(ttft_p90_s=10.0, tpot_p90_s=1.0), P) == (0.0, "sequences")
+
+
+def test_needed_sums_fills_and_handle_queue():
+    needed, signal = load_needed([_busy(24), _busy(48)], queued=48, ongoing=0, p=P)
+    assert needed == pytest.approx(2.5) and signal == "sequences"
+    needed, signal = load_needed([_busy(0), _busy(0)], queued=96, ongoing=96, p=P)
+    assert needed == pytest.approx(2.0) and signal == "queue"
+
+
+def test_serve_ongoing_count_is_a_floor_for_unreported_replicas():
+    needed, _ = load_needed([ReplicaSignals(), ReplicaSignals()], queued=0, ongoing=96, p=P)
+    assert needed == pytest.approx(2.0)
+
+
+def test_signals_from_stats_maps_the_engine_record():
+    s = signals_from_stats(
+        {
+            "num_running": 3,
+            "num_waiting": 2,
+            "kv_cache_usage": 0.4,
+            "ttft_p90_s": 0.5,
+            "generation_tokens_per_s": 100,
+            "acceptance_length": 5.5,
+        }
+    )
+    assert s == ReplicaSignals(3, 2, 0.4, 0.5, None, 100, 5.5)
+    assert signals_from_stats({}) == ReplicaSignals()
+
+
+# --- projection -------------------------------------------------------------------------------------
+
+
+def test_projection_follows_growth_and_is_capped():
+    assert project(2.0, demand=96, growth_per_s=0.0, p=P) == 2.0
+    assert project(2.0, demand=96, growth_per_s=-1.0, p=P) == 2.0  # falling load never projects lower
+    assert project(2.0, demand=96, growth_per_s=0.1, p=P) == pytest.approx(2.0 * (96 + 24) / 96)
+    assert project(2.0, demand=96, growth_per_s=10.0, p=P) == pytest.approx(4.0)  # max_lookahead_factor
+
+
+def test_rising_queue_scales_up_before_replicas_are_full():
+    state, target, t = IDLE, 2, 0.0
+    d = None
+    for running in range(20, 60, 4):  # each replica gains 4 requests every 10 s: still under target at first
+        d = _tick([_busy(running), _busy(running)], target, t, state)
+        state, target, t = d.state, d.replicas, t + 10
+        if d.reason.startswith("up"):
+            break
+    assert d is not None and d.reason == "up:trend", d
+    assert d.needed < 2  # the current load still fits: the trend asked
+
+
+# --- scaling up -------------------------------------------------------------------------------------
+
+
+def test_upscale_is_immediate_and_sized_to_the_load():
+    d = _tick([_busy(48, waiting=48), _busy(48, waiting=48)], target=2, now=0.0)
+    assert d.replicas == 4 and d.reason == "up:sequences"
+
+
+def test_latency_miss_scales_up_even_at_low_counts():
+    d = _tick([_busy(10, tpot_p90_s=0.08)], target=1, now=0.0)
+    assert d.replicas == 2 and d.reason == "up:tpot"
+
+
+def test_kv_pressure_scales_up():
+    d = _tick([_busy(6, kv_cache_usage=0.95)], target=1, now=0.0)
+    assert d.replicas == 2 and d.reason == "up:kv"
+
+
+def test_upscale_respects_max_replicas():
+    d = _tick([_busy(48, waiting=400)] * 10, target=10, now=0.0)
+    assert d.replicas == 10 and d.reason == "cap:max_replicas"
+    d = _tick([_busy(48, waiting=400)] * 8, target=8, now=0.0)
+    assert d.replicas == 10
+
+
+def test_replicas_starting_count_toward_the_target():
+    # Serve's target already includes replicas still starting: a load that 3 replicas carry needs no 4th.
+    d = _tick([_busy(48), _busy(48), _busy(0)], target=3, now=0.0, queued=0)
+    assert d.replicas == 3 and d.reason == "hold"
+
+
+# --- scaling down -----------------------------------------------------------------------------------
+
+
+def test_downscale_waits_for_the_delay_then_goes_to_the_window_peak():
+    load = [_busy(10)] * 4  # 40 requests: one replica at 0.83 fill, two with headroom
+    out = _steady(load, target=4, start=0.0, seconds=400)
+    changes = [(i, d) for i, d in enumerate(out) if d.replicas != 4]
+    assert changes, "never scaled down"
+    first, d = changes[0]
+    assert first == 300  # downscale_delay_s of 1 s ticks
+    assert d.reason == "down:low-load"
+    assert d.replicas == math.ceil(40 / 48 / 0.8)  # 2: the rest run at most downscale_headroom
+
+
+def test_downscale_never_goes_below_what_the_load_needs():
+    for running in (0, 1, 10, 30, 47, 48, 60, 100):
+        load = [_busy(running)] * 5
+        for d in _steady(load, target=5, start=0.0, seconds=700, step=5.0):
+            assert d.replicas >= min(P.max_replicas, math.ceil(d.needed - 1e-9)), (running, d)
+            assert d.replicas >= P.min_replicas
+
+
+def test_hysteresis_no_flapping_around_the_threshold():
+    # Load oscillating around what 2 replicas carry at the headroom: the target must not flap.
+    state, target, replicas_seen = PolicyState(), 3, []
+    for i in range(2000):
+        running = 38 if i % 20 < 10 else 40  # 76..80 requests over 2 replicas: fills 0.79..0.83
+        d = _tick([_busy(running), _busy(running), _busy(0)], target, float(i), state)
+        state, target = d.state, d.replicas
+        replicas_seen.append(target)
+    changes = sum(1 for a, b in itertools.pairwise(replicas_seen) if a != b)
+    assert changes <= 1
+
+
+def test_a_burst_in_the_window_resets_the_downscale_clock():
+    load_low = [_busy(5)] * 4
+    out = _steady(load_low, target=4, start=0.0, seconds=200)
+    assert all(d.replicas == 4 for d in out)
+    burst = _tick([_busy(40)] * 4, 4, 201.0, out[-1].state)
+    assert burst.replicas >= 4 and burst.state.low_since_s is None
+    after = _steady(load_low, target=burst.replicas, start=202.0, seconds=400)
+    first_down = next(i for i, d in enumerate(after) if d.replicas < burst.replicas)
+    assert first_down == 300  # the clock restarted at 202, not at 0
+
+
+def test_min_replicas_floor_is_restored():
+    d = _tick([], target=0, now=0.0, params=replace(P, min_replicas=2))
+    assert d.replicas == 2 and d.reason == "floor:min_replicas"
+
+
+# --- scale to zero ----------------------------------------------------------------------------------
+
+
+def test_scale_to_zero_only_after_idle_time_and_only_when_allowed():
+    zero = replace(P, min_replicas=0)
+    out = _steady([ReplicaSignals()], target=1, start=0.0, seconds=700, params=zero, step=10.0)
+    first_zero = next(i for i, d in enumerate(out) if d.replicas == 0)
+    assert first_zero * 10.0 == 600 and out[first_zero].reason == "down:idle"
+    # min_replicas 1 never goes to zero
+    out = _steady([ReplicaSignals()], target=1, start=0.0, seconds=2000, step=10.0)
+    assert all(d.replicas == 1 for d in out)
+
+
+def test_a_request_resets_the_idle_clock():
+    zero = replace(P, min_replicas=0)
+    out = _steady([ReplicaSignals()], target=1, start=0.0, seconds=500, params=zero, step=10.0)
+    busy = _tick([_busy(1)], 1, 510.0, out[-1].state, params=zero)
+    assert busy.replicas == 1 and busy.state.idle_since_s is None
+    after = _steady([ReplicaSignals()], target=1, start=520.0, seconds=500, params=zero, step=10.0)
+    assert all(d.replicas == 1 for d in after)
+
+
+def test_from_zero_a_queued_request_asks_for_a_replica():
+    zero = replace(P, min_replicas=0)
+    d = _tick([], target=0, now=0.0, queued=1, params=zero)
+    assert d.replicas == 1 and d.reason.startswith("up")
+
+
+# --- state ------------------------------------------------------------------------------------------
+
+
+def test_state_round_trips_through_a_dict():
+    s = PolicyState(at_s=1.0, demand=3.0, growth_per_s=0.5, low_since_s=2.0, low_peak=3, idle_since_s=None)
+    assert PolicyState.from_dict(s.to_dict()) == s
+    assert PolicyState.from_dict({}) == PolicyState()
+    assert PolicyState.from_dict({"demand": 1.0, "someone_elses_key": 7}) == PolicyState(demand=1.0)
+
+
+def test_decision_module_has_no_ray_or_io():
+    tree = ast.parse((Path(__file__).resolve().parent.parent / "autoscaling" / "policy.py").read_text())
+    imported = {
+        (n.module or "") if isinstance(n, ast.ImportFrom) else a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import | ast.ImportFrom)
+        for a in n.names
+    }
+    roots = {m.split(".")[0] for m in imported}
+    assert roots <= {"__future__", "math", "collections", "dataclasses", "typing"}, roots
