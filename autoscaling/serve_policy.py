@@ -20,7 +20,9 @@ from typing import Any
 
 from autoscaling.policy import Decision, PolicyParams, PolicyState, decide, signals_from_stats
 
-logger = logging.getLogger(__name__)
+# Under Serve's logger: the decisions land in the controller's log (logs/serve/controller_*.log) beside
+# Serve's own scaling lines; a plain module logger in the controller prints nothing below WARNING.
+logger = logging.getLogger(f"ray.serve.{__name__}")
 
 STATE_KEY = "dflash"
 
@@ -74,7 +76,7 @@ class SloPolicy:
             queued=float(ctx.total_queued_requests or 0.0),
             ongoing=float(ctx.total_num_requests),
             target=ctx.target_num_replicas,
-            now=time.monotonic(),
+            now=ctx.current_time if ctx.current_time is not None else time.time(),  # the simulator's clock there
             state=PolicyState.from_dict(mine.get("state", {})),
             params=self._params,
         )

@@ -44,6 +44,7 @@ def policy_params(model: ModelConfig) -> PolicyParams:
         replica_start_s=a.replica_start_s,
         max_lookahead_factor=a.max_lookahead_factor,
         trend_half_life_s=a.trend_half_life_s,
+        queue_drain_s=a.queue_drain_s,
         downscale_delay_s=r.downscale_delay_s,
         downscale_headroom=a.downscale_headroom,
         scale_to_zero_idle_s=a.scale_to_zero_idle_s,

@@ -60,7 +60,8 @@ class RecentLatency:
 
     The autoscaler scales on what requests experience now, not on totals since start: vLLM's
     per-step TTFTs and each finished request's mean time per output token (per token, so DFlash's
-    multi-token steps count right), and the output tokens/s the replica delivered.
+    multi-token steps count right), the output tokens/s the replica delivered and the requests/s it
+    finished (its measured service rate).
     """
 
     def __init__(self, window_s: float) -> None:
@@ -68,18 +69,24 @@ class RecentLatency:
         self._ttft: deque[tuple[float, float]] = deque()
         self._tpot: deque[tuple[float, float]] = deque()
         self._tokens: deque[tuple[float, int]] = deque()
+        self._finished: deque[tuple[float, int]] = deque()
 
-    def add(self, now: float, ttfts: list[float], tpots: list[float], tokens: int) -> None:
+    def add(self, now: float, ttfts: list[float], tpots: list[float], tokens: int, finished: int) -> None:
         self._ttft.extend((now, v) for v in ttfts)
         self._tpot.extend((now, v) for v in tpots)
         if tokens:
             self._tokens.append((now, tokens))
+        if finished:
+            self._finished.append((now, finished))
         self._expire(now)
 
     def snapshot(self, now: float) -> dict[str, float]:
         """p90s of what the window holds (absent when it holds none) and tokens/s over the window."""
         self._expire(now)
-        out = {"generation_tokens_per_s": sum(n for _, n in self._tokens) / self._window_s}
+        out = {
+            "generation_tokens_per_s": sum(n for _, n in self._tokens) / self._window_s,
+            "finished_requests_per_s": sum(n for _, n in self._finished) / self._window_s,
+        }
         if self._ttft:
             out["ttft_p90_s"] = p90([v for _, v in self._ttft])
         if self._tpot:
@@ -88,7 +95,7 @@ class RecentLatency:
 
     def _expire(self, now: float) -> None:
         horizon = now - self._window_s
-        for q in (self._ttft, self._tpot, self._tokens):
+        for q in (self._ttft, self._tpot, self._tokens, self._finished):
             while q and q[0][0] < horizon:
                 q.popleft()
 
@@ -150,6 +157,7 @@ class ReplicaStatsLogger:
                     list(iteration_stats.time_to_first_tokens_iter),
                     tpots,
                     iteration_stats.num_generation_tokens,
+                    len(iteration_stats.finished_requests),
                 )
 
     def log_engine_initialized(self) -> None:

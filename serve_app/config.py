@@ -120,6 +120,12 @@ class AutoscalingConfig(_Strict):
     trend_half_life_s: float = Field(
         30, gt=0, description="Half-life of the smoothing of the load's growth rate (noise vs reaction time)."
     )
+    queue_drain_s: float = Field(
+        120,
+        gt=0,
+        description="Requests queued at the handles are provisioned for as if they must drain within this long "
+        "(shorter: more replicas after a burst, better latency, more GPU time).",
+    )
     downscale_headroom: float = Field(
         0.8,
         gt=0,

@@ -19,15 +19,18 @@ def test_p90_nearest_rank():
 
 def test_window_forgets_old_samples_and_rates_tokens():
     w = RecentLatency(window_s=10)
-    w.add(0.0, [5.0], [0.5], 100)
-    w.add(8.0, [0.1, 0.2], [0.01], 50)
+    w.add(0.0, [5.0], [0.5], 100, 1)
+    w.add(8.0, [0.1, 0.2], [0.01], 50, 2)
     snap = w.snapshot(9.0)
     assert snap["ttft_p90_s"] == 5.0 and snap["tpot_p90_s"] == 0.5
     assert snap["generation_tokens_per_s"] == pytest.approx(15.0)
+    assert snap["finished_requests_per_s"] == pytest.approx(0.3)
     snap = w.snapshot(10.5)  # the first tick left the window
     assert snap["ttft_p90_s"] == 0.2 and snap["tpot_p90_s"] == 0.01
     assert snap["generation_tokens_per_s"] == pytest.approx(5.0)
-    assert w.snapshot(100.0) == {"generation_tokens_per_s": 0.0}  # no samples: no latency keys
+    assert snap["finished_requests_per_s"] == pytest.approx(0.2)
+    # no samples: rates 0, no latency keys
+    assert w.snapshot(100.0) == {"generation_tokens_per_s": 0.0, "finished_requests_per_s": 0.0}
 
 
 def test_logger_reads_vllm_iteration_stats():
@@ -48,4 +51,5 @@ def test_logger_reads_vllm_iteration_stats():
     snap = recent.snapshot(time.monotonic())
     assert snap["ttft_p90_s"] == 0.75
     assert snap["tpot_p90_s"] == 0.02  # a one-token request has no time per output token
+    assert snap["finished_requests_per_s"] == pytest.approx(2 / 60)
     assert stats.generation_tokens_total == 7
