@@ -335,4 +335,7 @@ def decide(
     n = _clamp(max(keep, math.ceil(needed - _EPS)), p)
     if n >= target:
         return done(target, "hold", replace(state, low_since_s=None))
-    return done(n, "down:idle" if demand <= 0 else "down:low-load", replace(state, low_since_s=None, down_at_s=now))
+    # Requests still finishing on the leaving replicas are in no metric Serve gives a policy: the idle
+    # clock restarts, so the last replica does not go while they may still be streaming.
+    after = replace(state, low_since_s=None, down_at_s=now, idle_since_s=None)
+    return done(n, "down:idle" if demand <= 0 else "down:low-load", after)

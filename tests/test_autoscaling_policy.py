@@ -306,6 +306,18 @@ def test_no_idle_clock_while_replicas_are_still_starting():
     assert all(d.replicas == 1 for d in out)
 
 
+def test_a_scale_down_restarts_the_idle_clock():
+    # 2 -> 1 with nothing left on the staying replica: the leaver's requests are invisible, so the
+    # last replica must wait the whole idle time again before it goes.
+    zero = replace(P, min_replicas=0, downscale_delay_s=10)
+    out = _steady([ReplicaSignals(), ReplicaSignals()], target=2, start=0.0, seconds=30, params=zero)
+    down = next(d for d in out if d.replicas == 1)
+    assert down.state.idle_since_s is None
+    later = _steady([ReplicaSignals()], target=1, start=down.state.down_at_s + 1, seconds=700, params=zero)
+    first_zero = next(i for i, d in enumerate(later) if d.replicas == 0)
+    assert first_zero >= P.scale_to_zero_idle_s - 1
+
+
 def test_from_zero_a_queued_request_asks_for_a_replica():
     zero = replace(P, min_replicas=0)
     d = _tick([], target=0, now=0.0, queued=1, params=zero)

@@ -161,14 +161,13 @@ def test_quiet_scales_down_without_cutting_requests(scaling: Scaling):
     left_at: list[float] = []
 
     def one_left() -> bool:
-        states = scaling.replicas()
-        if states.get("RUNNING") == 1 and not left_at:
+        if scaling.replicas().get("RUNNING") == 1 and not left_at:
             left_at.append(time.monotonic())
-        # keep streaming until the leaver has finished its requests and is gone
-        return bool(left_at) and states.get("STOPPING", 0) == 0
+        return bool(left_at)  # then stop adding requests; those in flight finish (or are cut)
 
     asyncio.run(_load_until(scaling, concurrency=2, max_tokens=160, done=one_left))
     assert left_at, "never scaled down to one replica"
+    _wait(lambda: scaling.replicas().get("STOPPING", 0) == 0, "the leaving replica to finish")
     assert [o for o in scaling.outcomes if o[2]] == [], "a request failed or was cut during downscale"
     assert any(start < left_at[0] < end for start, end, _ in scaling.outcomes), "no request spanned the downscale"
     assert scaling.running() == 1

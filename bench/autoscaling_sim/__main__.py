@@ -53,7 +53,7 @@ def summarize(result: RunResult, trace: Trace, ttft_s: float, tpot_s: float) -> 
         "peak_replicas": max(t for _, t, _, _ in result.timeline),
         "scale_events": sum(1 for a, b in zip(result.timeline, result.timeline[1:], strict=False) if a[1] != b[1]),
         "dropped_at_downscale": result.dropped,
-        "timeline": [(round(t), target, serving, round(rate, 3)) for t, target, serving, rate in result.timeline[::10]],
+        "timeline": [(round(t), target, serving, round(rate, 3)) for t, target, serving, rate in result.timeline[::30]],
     }
 
 

@@ -66,7 +66,8 @@ class SimReplica:
         self.gone_s: float | None = None
         self.in_flight: dict[Job, float] = {}  # -> when it reached the engine (vLLM's arrival time)
         self.ttfts: deque[tuple[float, float]] = deque()
-        self.tpots: deque[tuple[float, float]] = deque()
+        self.tpots: deque[tuple[float, float]] = deque()  # one entry per finished request
+        self.tokens: deque[tuple[float, int]] = deque()  # output tokens of finished requests
         self.samples: deque[tuple[float, dict[str, float]]] = deque()
 
     @property
@@ -75,7 +76,7 @@ class SimReplica:
 
     def record(self, now: float, window_s: float) -> dict[str, float]:
         """The replica's stats record as ``EngineReplica.stats`` builds it (the keys the policy reads)."""
-        for q in (self.ttfts, self.tpots):
+        for q in (self.ttfts, self.tpots, self.tokens):
             while q and q[0][0] < now - window_s:
                 q.popleft()
         eng = self.engine
@@ -83,7 +84,9 @@ class SimReplica:
             "num_running": float(len(eng.running)),
             "num_waiting": float(len(eng.waiting)),
             "kv_cache_usage": eng.kv.usage(),
-            "finished_requests_per_s": len(self.tpots) / window_s,  # one entry per finished request
+            "finished_requests_per_s": len(self.tpots) / window_s,
+            # counted when a request finishes (the engine counts per step): lumpier, same mean
+            "generation_tokens_per_s": sum(n for _, n in self.tokens) / window_s,
         }
         if self.ttfts:
             out["ttft_p90_s"] = p90([v for _, v in self.ttfts])
@@ -190,6 +193,7 @@ class AutoscaledCluster:
             self._pending -= 1
             tpot = (job.done_s - job.first_token_s) / max(1, job.turn.output_tokens - 1)
             replica.tpots.append((self.now, tpot))
+            replica.tokens.append((self.now, job.turn.output_tokens))
         if replica.leaving_s is not None and not replica.in_flight:
             replica.gone_s = self.now
         self._drain_queue()
