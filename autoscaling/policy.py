@@ -54,7 +54,7 @@ class ReplicaSignals:
     tpot_p90_s: float | None = None
     tokens_per_s: float = 0.0
     finished_per_s: float = 0.0  # requests the replica completed per second (its measured service rate)
-    acceptance_length: float | None = None
+    acceptance_length: float | None = None  # DFlash's recent mean tokens per draft-and-verify step
 
 
 def signals_from_stats(stats: Mapping[str, float]) -> ReplicaSignals:
@@ -67,7 +67,7 @@ def signals_from_stats(stats: Mapping[str, float]) -> ReplicaSignals:
         tpot_p90_s=stats.get("tpot_p90_s"),
         tokens_per_s=stats.get("generation_tokens_per_s", 0.0),
         finished_per_s=stats.get("finished_requests_per_s", 0.0),
-        acceptance_length=stats.get("acceptance_length"),
+        acceptance_length=stats.get("recent_acceptance_length"),
     )
 
 
@@ -97,7 +97,8 @@ class PolicyState:
     at_s: float | None = None  # time of the last tick
     demand: float = 0.0  # smoothed level of the requests in flight or queued
     growth_per_s: float = 0.0  # smoothed d(demand)/dt
-    capacity_tps: float | None = None  # output tokens/s a replica delivers at its target batch (learned)
+    capacity_tps: float | None = None  # output tokens/s a replica delivers at its target batch, per unit of
+    # acceptance length (learned; at a fixed batch a step costs the same whatever is accepted)
     low_since_s: float | None = None  # since when fewer replicas would do
     down_at_s: float | None = None  # the last scale-down
     idle_since_s: float | None = None  # since when nothing was in flight or queued
@@ -229,15 +230,20 @@ def flow_needed(
     return arrivals / mu + queued / (mu * p.queue_drain_s)
 
 
+def _tau(s: ReplicaSignals) -> float:
+    return s.acceptance_length or 1.0  # AR: one token per step
+
+
 def learn_capacity(replicas: Sequence[ReplicaSignals], state: PolicyState, p: PolicyParams) -> PolicyState:
     """Update the tokens/s one replica delivers at its target batch, from replicas running near it.
 
     A replica's speed per sequence is not a constant (DFlash gains less as the batch grows), so a
     replica seen at a small batch says little about what it does at its target; one seen near the
-    target does.
+    target does. Kept per unit of acceptance length: a step at a given batch costs the same whatever
+    the drafter got accepted, so when the traffic mix moves DFlash's acceptance, capacity moves with it.
     """
     seen = [
-        s.tokens_per_s * p.target_batch / s.running
+        s.tokens_per_s * p.target_batch / s.running / _tau(s)
         for s in replicas
         if s.running >= FULL_ENOUGH * p.target_batch and s.tokens_per_s > 0
     ]
@@ -253,11 +259,12 @@ def token_needed(replicas: Sequence[ReplicaSignals], state: PolicyState) -> floa
     """Replicas the output tokens/s being delivered needs at the learned capacity (0 until learned).
 
     Guards scale-downs: replicas at small batches are fast per sequence, so their fill understates what
-    fewer, fuller replicas would carry; tokens/s over capacity at the target batch does not.
+    fewer, fuller replicas would carry; tokens/s over capacity at the target batch does not. Each
+    replica's tokens count in steps (tokens / acceptance length), what a replica's capacity is made of.
     """
     if not state.capacity_tps:
         return 0.0
-    return sum(s.tokens_per_s for s in replicas) / state.capacity_tps
+    return sum(s.tokens_per_s / _tau(s) for s in replicas) / state.capacity_tps
 
 
 def downscale_delay(keep: int, target: int, p: PolicyParams) -> float:

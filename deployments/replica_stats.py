@@ -60,8 +60,9 @@ class RecentLatency:
 
     The autoscaler scales on what requests experience now, not on totals since start: vLLM's
     per-step TTFTs and each finished request's mean time per output token (per token, so DFlash's
-    multi-token steps count right), the output tokens/s the replica delivered and the requests/s it
-    finished (its measured service rate).
+    multi-token steps count right), the output tokens/s the replica delivered, the requests/s it
+    finished (its measured service rate) and DFlash's recent acceptance length (what a replica's
+    tokens/s scales with: the traffic mix changes it).
     """
 
     def __init__(self, window_s: float) -> None:
@@ -70,6 +71,7 @@ class RecentLatency:
         self._tpot: deque[tuple[float, float]] = deque()
         self._tokens: deque[tuple[float, int]] = deque()
         self._finished: deque[tuple[float, int]] = deque()
+        self._drafts: deque[tuple[float, int, int]] = deque()  # (t, drafts, accepted tokens)
 
     def add(self, now: float, ttfts: list[float], tpots: list[float], tokens: int, finished: int) -> None:
         self._ttft.extend((now, v) for v in ttfts)
@@ -79,6 +81,10 @@ class RecentLatency:
         if finished:
             self._finished.append((now, finished))
         self._expire(now)
+
+    def add_drafts(self, now: float, drafts: int, accepted: int) -> None:
+        if drafts:
+            self._drafts.append((now, drafts, accepted))
 
     def snapshot(self, now: float) -> dict[str, float]:
         """p90s of what the window holds (absent when it holds none) and tokens/s over the window."""
@@ -91,11 +97,14 @@ class RecentLatency:
             out["ttft_p90_s"] = p90([v for _, v in self._ttft])
         if self._tpot:
             out["tpot_p90_s"] = p90([v for _, v in self._tpot])
+        drafts = sum(d for _, d, _ in self._drafts)
+        if drafts:
+            out["recent_acceptance_length"] = 1.0 + sum(a for _, _, a in self._drafts) / drafts
         return out
 
     def _expire(self, now: float) -> None:
         horizon = now - self._window_s
-        for q in (self._ttft, self._tpot, self._tokens, self._finished):
+        for q in (self._ttft, self._tpot, self._tokens, self._finished, self._drafts):
             while q and q[0][0] < horizon:
                 q.popleft()
 
@@ -144,6 +153,7 @@ class ReplicaStatsLogger:
                     s.spec_drafts_total += spec.num_drafts
                     s.spec_draft_tokens_total += spec.num_draft_tokens
                     s.spec_accepted_tokens_total += spec.num_accepted_tokens
+                    self._recent.add_drafts(time.monotonic(), spec.num_drafts, spec.num_accepted_tokens)
             if iteration_stats is not None:
                 s.generation_tokens_total += iteration_stats.num_generation_tokens
                 s.prompt_tokens_total += iteration_stats.num_prompt_tokens

@@ -130,7 +130,7 @@ def test_signals_from_stats_maps_the_engine_record():
             "kv_cache_usage": 0.4,
             "ttft_p90_s": 0.5,
             "generation_tokens_per_s": 100,
-            "acceptance_length": 5.5,
+            "recent_acceptance_length": 5.5,
         }
     )
     assert s == ReplicaSignals(3, 2, 0.4, 0.5, None, 100, 0.0, 5.5)
@@ -161,6 +161,16 @@ def test_capacity_is_learned_near_the_target_batch_only():
     many = [_busy(8, tokens_per_s=2000)] * 16
     assert token_needed(many, state) == pytest.approx(32000 / learned)
     assert token_needed(many, IDLE) == 0.0
+
+
+def test_capacity_follows_the_acceptance_length():
+    # Learned at tau 6; the mix shifts to tau 3: the same tokens/s now take twice the steps.
+    state = learn_capacity([_busy(48, tokens_per_s=6000, acceptance_length=6.0)], IDLE, P)
+    assert state.capacity_tps == pytest.approx(1000.0)
+    easy = [_busy(8, tokens_per_s=3000, acceptance_length=6.0)] * 4
+    hard = [_busy(8, tokens_per_s=3000, acceptance_length=3.0)] * 4
+    assert token_needed(easy, state) == pytest.approx(2.0)
+    assert token_needed(hard, state) == pytest.approx(4.0)
 
 
 def test_scale_down_keeps_the_replicas_the_tokens_need():

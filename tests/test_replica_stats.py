@@ -29,6 +29,9 @@ def test_window_forgets_old_samples_and_rates_tokens():
     assert snap["ttft_p90_s"] == 0.2 and snap["tpot_p90_s"] == 0.01
     assert snap["generation_tokens_per_s"] == pytest.approx(5.0)
     assert snap["finished_requests_per_s"] == pytest.approx(0.2)
+    assert "recent_acceptance_length" not in snap  # AR: no drafts
+    w.add_drafts(10.0, drafts=4, accepted=20)
+    assert w.snapshot(10.5)["recent_acceptance_length"] == pytest.approx(6.0)
     # no samples: rates 0, no latency keys
     assert w.snapshot(100.0) == {"generation_tokens_per_s": 0.0, "finished_requests_per_s": 0.0}
 

@@ -88,6 +88,8 @@ class SimReplica:
             # counted when a request finishes (the engine counts per step): lumpier, same mean
             "generation_tokens_per_s": sum(n for _, n in self.tokens) / window_s,
         }
+        if eng.running and eng.engine.speculative:
+            out["recent_acceptance_length"] = sum(j.turn.tau for j in eng.running) / len(eng.running)
         if self.ttfts:
             out["ttft_p90_s"] = p90([v for _, v in self.ttfts])
         if self.tpots:
