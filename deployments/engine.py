@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -26,7 +27,7 @@ from deployments import parser_cache
 from deployments.engine_args import vllm_serve_argv
 from deployments.kv_events import KvEventRelay, kv_events_config
 from deployments.kv_stream import EventStreamWriter
-from deployments.replica_stats import ReplicaStats, ReplicaStatsLogger
+from deployments.replica_stats import RecentLatency, ReplicaStats, ReplicaStatsLogger
 from serve_app.config import KvStreamSettings, ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class EngineReplica:
         parser_cache.install()
         self._model_id = model.id
         self._stats = ReplicaStats()
+        self._recent = RecentLatency(model.replicas.autoscaling.stats_window_s)
         self._stats_lock = threading.Lock()
         self._ongoing = 0
         self._relay: KvEventRelay | None = None
@@ -71,7 +73,7 @@ class EngineReplica:
         self._engine = AsyncLLM.from_vllm_config(
             vllm_config=vllm_config,
             usage_context=UsageContext.OPENAI_API_SERVER,
-            stat_loggers=[ReplicaStatsLogger.factory(self._stats, self._stats_lock)],
+            stat_loggers=[ReplicaStatsLogger.factory(self._stats, self._recent, self._stats_lock)],
             enable_log_requests=False,
             disable_log_stats=False,
         )
@@ -138,6 +140,7 @@ class EngineReplica:
         """Load and DFlash counters, as reported to routers and the autoscaler."""
         with self._stats_lock:
             out = self._stats.as_dict()
+            out.update(self._recent.snapshot(time.monotonic()))
         out["ongoing_requests"] = float(self._ongoing)
         geometry = self._relay.geometry if self._relay is not None else None
         hash_block, group_block, align = geometry or (self._block_size, self._block_size, self._block_size)
@@ -155,6 +158,10 @@ class EngineReplica:
         return {"replica_id": serve.get_replica_context().replica_id.unique_id, "stats": self.stats()}
 
     def record_routing_stats(self) -> dict[str, float]:
+        return self.stats()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics: the same record (autoscaling/serve_policy.py reads it)."""
         return self.stats()
 
     def metrics_text(self) -> str:

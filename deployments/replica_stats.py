@@ -9,7 +9,10 @@ request counts.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,6 +49,66 @@ class ReplicaStats:
         return out
 
 
+def p90(values: list[float]) -> float:
+    """The 90th percentile by nearest rank (the value 90% of samples are at or below)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+class RecentLatency:
+    """TTFT, time per output token and generated tokens over the last ``window_s`` seconds.
+
+    The autoscaler scales on what requests experience now, not on totals since start: vLLM's
+    per-step TTFTs and each finished request's mean time per output token (per token, so DFlash's
+    multi-token steps count right), the output tokens/s the replica delivered, the requests/s it
+    finished (its measured service rate) and DFlash's recent acceptance length (what a replica's
+    tokens/s scales with: the traffic mix changes it).
+    """
+
+    def __init__(self, window_s: float) -> None:
+        self._window_s = window_s
+        self._ttft: deque[tuple[float, float]] = deque()
+        self._tpot: deque[tuple[float, float]] = deque()
+        self._tokens: deque[tuple[float, int]] = deque()
+        self._finished: deque[tuple[float, int]] = deque()
+        self._drafts: deque[tuple[float, int, int]] = deque()  # (t, drafts, accepted tokens)
+
+    def add(self, now: float, ttfts: list[float], tpots: list[float], tokens: int, finished: int) -> None:
+        self._ttft.extend((now, v) for v in ttfts)
+        self._tpot.extend((now, v) for v in tpots)
+        if tokens:
+            self._tokens.append((now, tokens))
+        if finished:
+            self._finished.append((now, finished))
+        self._expire(now)
+
+    def add_drafts(self, now: float, drafts: int, accepted: int) -> None:
+        if drafts:
+            self._drafts.append((now, drafts, accepted))
+
+    def snapshot(self, now: float) -> dict[str, float]:
+        """p90s of what the window holds (absent when it holds none) and tokens/s over the window."""
+        self._expire(now)
+        out = {
+            "generation_tokens_per_s": sum(n for _, n in self._tokens) / self._window_s,
+            "finished_requests_per_s": sum(n for _, n in self._finished) / self._window_s,
+        }
+        if self._ttft:
+            out["ttft_p90_s"] = p90([v for _, v in self._ttft])
+        if self._tpot:
+            out["tpot_p90_s"] = p90([v for _, v in self._tpot])
+        drafts = sum(d for _, d, _ in self._drafts)
+        if drafts:
+            out["recent_acceptance_length"] = 1.0 + sum(a for _, _, a in self._drafts) / drafts
+        return out
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self._window_s
+        for q in (self._ttft, self._tpot, self._tokens, self._finished, self._drafts):
+            while q and q[0][0] < horizon:
+                q.popleft()
+
+
 class ReplicaStatsLogger:
     """A vLLM ``StatLoggerBase`` that folds each step's stats into a shared :class:`ReplicaStats`.
 
@@ -53,15 +116,16 @@ class ReplicaStatsLogger:
     :meth:`factory` to bind the record this replica reads.
     """
 
-    def __init__(self, stats: ReplicaStats, lock: threading.Lock, cache_config: Any) -> None:
+    def __init__(self, stats: ReplicaStats, recent: RecentLatency, lock: threading.Lock, cache_config: Any) -> None:
         self._stats = stats
+        self._recent = recent
         self._lock = lock
         self._cache_config = cache_config  # num_gpu_blocks is filled in once the engine has profiled
 
     @classmethod
-    def factory(cls, stats: ReplicaStats, lock: threading.Lock) -> Any:
+    def factory(cls, stats: ReplicaStats, recent: RecentLatency, lock: threading.Lock) -> Any:
         def make(vllm_config: Any, engine_index: int = 0) -> ReplicaStatsLogger:
-            return cls(stats, lock, vllm_config.cache_config)
+            return cls(stats, recent, lock, vllm_config.cache_config)
 
         return make
 
@@ -89,9 +153,22 @@ class ReplicaStatsLogger:
                     s.spec_drafts_total += spec.num_drafts
                     s.spec_draft_tokens_total += spec.num_draft_tokens
                     s.spec_accepted_tokens_total += spec.num_accepted_tokens
+                    self._recent.add_drafts(time.monotonic(), spec.num_drafts, spec.num_accepted_tokens)
             if iteration_stats is not None:
                 s.generation_tokens_total += iteration_stats.num_generation_tokens
                 s.prompt_tokens_total += iteration_stats.num_prompt_tokens
+                tpots = [
+                    f.mean_time_per_output_token
+                    for f in iteration_stats.finished_requests
+                    if f.num_generation_tokens > 1
+                ]
+                self._recent.add(
+                    time.monotonic(),
+                    list(iteration_stats.time_to_first_tokens_iter),
+                    tpots,
+                    iteration_stats.num_generation_tokens,
+                    len(iteration_stats.finished_requests),
+                )
 
     def log_engine_initialized(self) -> None:
         """Nothing to do: the record is read on demand."""

@@ -8,6 +8,7 @@ to turn the ``key=value`` arguments into :class:`BuildArgs`.
 """
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
-from autoscaling.settings import autoscaling_config, max_ongoing_requests
+from autoscaling.settings import autoscaling_config, graceful_shutdown_timeout_s, max_ongoing_requests
 from deployments.engine import EngineReplica
 from deployments.ingress import Ingress
 from serve_app.config import AppConfig, BuildArgs, KvStreamSettings, ModelConfig
@@ -45,8 +46,10 @@ def localize(model: ModelConfig) -> ModelConfig:
     return model.model_copy(update=update)
 
 
-def engine_options(model: ModelConfig, kv_stream: KvStreamSettings | None = None) -> dict[str, Any]:
-    """Serve deployment options of the model's engine deployment."""
+def engine_options(
+    model: ModelConfig, kv_stream: KvStreamSettings | None = None, request_timeout_s: float = math.inf
+) -> dict[str, Any]:
+    """Serve deployment options of the model's engine deployment (``request_timeout_s``: the ingress's)."""
     r = model.replicas
     router_kwargs = {
         "model": model.id,
@@ -61,7 +64,7 @@ def engine_options(model: ModelConfig, kv_stream: KvStreamSettings | None = None
         "max_ongoing_requests": max_ongoing_requests(model),
         "autoscaling_config": autoscaling_config(model),
         "health_check_period_s": r.health_check_period_s,
-        "graceful_shutdown_timeout_s": r.graceful_shutdown_timeout_s,
+        "graceful_shutdown_timeout_s": graceful_shutdown_timeout_s(model, request_timeout_s),
         "request_router_config": RequestRouterConfig(
             request_router_class=ROUTER_CLASS,
             request_router_kwargs=router_kwargs,
@@ -88,7 +91,11 @@ def build_from_config(config: AppConfig) -> Application:
     for m in models:
         stream = config.kv_stream(m)
         relay = stream if m.routing.mode == "precise" else None  # engines publish KV events only when precise
-        engines[m.id] = serve.deployment(EngineReplica).options(**engine_options(m, stream)).bind(m, relay)
+        engines[m.id] = (
+            serve.deployment(EngineReplica)
+            .options(**engine_options(m, stream, config.ingress.request_timeout_s))
+            .bind(m, relay)
+        )
     logger.info(
         "built app %r: %s", config.name, ", ".join(f"{m.id} (dflash={m.speculative is not None})" for m in models)
     )

@@ -89,19 +89,31 @@ class Served:
 
 
 @pytest.fixture(scope="session")
-def served(redis_server: RedisServer) -> Iterator[Served]:
+def serve_url() -> Iterator[str]:
+    """One local Ray + Serve for the session (http://127.0.0.1:PORT); apps are added with their own names.
+
+    Logical CPUs: the ``served`` app's 3 engines and 2 ingress replicas, plus a second app of up to
+    2 engines and an ingress (test_e2e_autoscaling).
+    """
     import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="WARNING")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def served(serve_url: str, redis_server: RedisServer) -> Iterator[Served]:
     from ray import serve
 
     from serve_app.build import build_from_config
 
     config = e2e_config(redis_server.url)
-    port = free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_from_config(config), name=config.name, route_prefix="/")
-        yield Served(base_url=f"http://127.0.0.1:{port}", config=config, redis=redis_server)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    serve.run(build_from_config(config), name=config.name, route_prefix="/")
+    yield Served(base_url=serve_url, config=config, redis=redis_server)

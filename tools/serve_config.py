@@ -87,19 +87,38 @@ def check(app_yaml: str, serve_yaml: str, host: str, port: int) -> list[str]:
     return []
 
 
+def embed_in_rayservice(manifest: str, serve_yaml: str) -> str:
+    """``manifest`` (k8s/rayservice.yaml) with its ``serveConfigV2`` block replaced by ``serve_yaml``.
+
+    Text surgery rather than a YAML round trip, so the manifest's comments and layout survive.
+    """
+    lines = manifest.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.rstrip() == "  serveConfigV2: |")
+    end = start + 1
+    while end < len(lines) and (lines[end].startswith("    ") or not lines[end].strip()):
+        end += 1
+    body = [f"    {line}" if line.strip() else line for line in serve_yaml.splitlines(keepends=True)]
+    return "".join(lines[: start + 1] + body + lines[end:])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("app_yaml", help="AppConfig YAML (serve_app/configs/...)")
     parser.add_argument("--check", metavar="SERVE_YAML", help="validate SERVE_YAML instead of printing")
     parser.add_argument("--host", default="0.0.0.0", help="address the proxies bind (0.0.0.0 behind an LB)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port of every node's proxy")
+    parser.add_argument("--rayservice", metavar="MANIFEST", help="also embed the config in this RayService manifest")
     args = parser.parse_args(argv)
     if args.check:
         problems = check(args.app_yaml, args.check, args.host, args.port)
         for problem in problems:
             print(problem, file=sys.stderr)
         return 1 if problems else 0
-    sys.stdout.write(render(args.app_yaml, args.host, args.port))
+    text = render(args.app_yaml, args.host, args.port)
+    if args.rayservice:
+        manifest = Path(args.rayservice)
+        manifest.write_text(embed_in_rayservice(manifest.read_text(encoding="utf-8"), text), encoding="utf-8")
+    sys.stdout.write(text)
     return 0
 
 

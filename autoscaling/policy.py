@@ -1,0 +1,348 @@
+"""The SLO autoscaling decision: how many engine replicas the current and the coming load need.
+
+Pure arithmetic (no Ray, no I/O, no clock): Serve's controller calls it through
+:mod:`autoscaling.serve_policy`, the simulator in ``bench/autoscaling_sim`` calls it directly.
+
+**How full is a replica.** Ongoing requests say little about an LLM replica's headroom, so each replica's
+*fill* (1.0 = as loaded as it should be) is the largest of
+
+* sequences: ``(running + waiting) / (max_num_seqs x target_fill)``;
+* memory: ``kv_cache_usage / kv_cache_target`` (8 long prompts fill a replica that 30 short decodes do not);
+* latency: ``ttft_p90 / slo.ttft`` or ``tpot_p90 / slo.tpot`` (capped at 2) — a replica missing its
+  objective is over capacity whatever its counts say; DFlash's speedup falls as the batch grows, so the
+  batch at which a replica misses its per-token objective is not a constant, and this term finds it.
+
+The replicas the load **needs** is the sum of the fills, plus requests queued at the handles (no replica
+yet) in units of a replica's target batch. Serve's own count of ongoing requests is a floor, for replicas
+that have not reported yet.
+
+**Cold starts.** A replica is minutes away, so scaling up is immediate, to the larger of (a) what the
+load needs, projected ``replica_start_s`` ahead when it surges (Holt-smoothed growth of the requests in
+the system, above a noise band of one target batch per start time, capped at ``max_lookahead_factor``)
+and (b) the *flow*: the arrival rate (completions + growth) over one replica's measured service rate at
+its target batch, plus the handle queue drained within ``queue_drain_s``.
+
+**Scaling down** is slow and has hysteresis: only when the projected load would fit in fewer replicas
+at ``downscale_headroom`` of their target fill, continuously for ``downscale_delay_s`` x the share of
+replicas that stays (at least half: a drained burst does not hold a whole fleet for the full delay);
+never below what the load needs now, nor below the output tokens/s being delivered over what one
+replica delivers at its target batch (learned from replicas running near it: small batches are faster
+per sequence, so their counts understate what fewer, fuller replicas would carry). For
+``replica_start_s`` after a scale-down the growth is not projected: the remaining replicas run bigger,
+slower batches, so the same arrivals hold more requests in flight. The last replica goes
+(``min_replicas`` 0) only after ``scale_to_zero_idle_s`` with nothing in flight or queued.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSignals:
+    """What one engine replica reported (means over Serve's look-back window); None: not measured yet."""
+
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_cache_usage: float = 0.0
+    ttft_p90_s: float | None = None
+    tpot_p90_s: float | None = None
+    tokens_per_s: float = 0.0
+    finished_per_s: float = 0.0  # requests the replica completed per second (its measured service rate)
+    acceptance_length: float | None = None  # DFlash's recent mean tokens per draft-and-verify step
+
+
+def signals_from_stats(stats: Mapping[str, float]) -> ReplicaSignals:
+    """Signals from an engine replica's stats record (``deployments.replica_stats``; keys absent: unknown)."""
+    return ReplicaSignals(
+        running=stats.get("num_running", 0.0),
+        waiting=stats.get("num_waiting", 0.0),
+        kv_cache_usage=stats.get("kv_cache_usage", 0.0),
+        ttft_p90_s=stats.get("ttft_p90_s"),
+        tpot_p90_s=stats.get("tpot_p90_s"),
+        tokens_per_s=stats.get("generation_tokens_per_s", 0.0),
+        finished_per_s=stats.get("finished_requests_per_s", 0.0),
+        acceptance_length=stats.get("recent_acceptance_length"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyParams:
+    """The policy's settings, taken from :class:`serve_app.config.ReplicaConfig` by :func:`params_from_config`."""
+
+    min_replicas: int
+    max_replicas: int
+    target_batch: float  # max_num_seqs x target_fill: sequences a replica should run
+    ttft_p90_s: float
+    tpot_p90_s: float
+    kv_cache_target: float = 0.85
+    replica_start_s: float = 240.0
+    max_lookahead_factor: float = 2.0
+    trend_half_life_s: float = 30.0
+    queue_drain_s: float = 120.0
+    downscale_delay_s: float = 300.0
+    downscale_headroom: float = 0.8
+    scale_to_zero_idle_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    """What the policy remembers between ticks (Serve keeps it as a dict in ``policy_state``)."""
+
+    at_s: float | None = None  # time of the last tick
+    demand: float = 0.0  # smoothed level of the requests in flight or queued
+    growth_per_s: float = 0.0  # smoothed d(demand)/dt
+    capacity_tps: float | None = None  # output tokens/s a replica delivers at its target batch, per unit of
+    # acceptance length (learned; at a fixed batch a step costs the same whatever is accepted)
+    low_since_s: float | None = None  # since when fewer replicas would do
+    down_at_s: float | None = None  # the last scale-down
+    idle_since_s: float | None = None  # since when nothing was in flight or queued
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolicyState:
+        fields = {k: data[k] for k in cls.__slots__ if k in data}  # type: ignore[attr-defined]
+        return cls(**fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The target replica count, why, and the numbers behind it (logged and exported as metrics)."""
+
+    replicas: int
+    reason: str  # hold | up:<signal> | down:low-load | down:idle | floor:min_replicas | cap:max_replicas
+    needed: float  # replicas the current load fills
+    projected: float  # replicas the load projected replica_start_s ahead fills
+    demand: float  # requests in flight or queued
+    signal: str  # what dominates the fill: sequences | kv | ttft | tpot | queue | none
+    state: PolicyState
+
+
+# A replica missing its latency objective counts as at most this many replicas' worth of load: enough to
+# add capacity, not a multiplier (a TTFT of 30 s against 2 s is a queue, which the flow term sizes).
+LATENCY_FILL_CAP = 2.0
+MIN_DELAY_SHARE = 0.5  # of downscale_delay_s, however large the excess (downscale_delay)
+FULL_ENOUGH = 0.75  # share of the target batch at which a replica's tokens/s measures its capacity
+CAPACITY_ALPHA = 0.1  # weight of each new capacity measurement
+
+
+def replica_fill(s: ReplicaSignals, p: PolicyParams) -> tuple[float, str]:
+    """How full one replica is (1.0: at target) and which signal says so."""
+    terms = {
+        "sequences": (s.running + s.waiting) / p.target_batch,
+        "kv": s.kv_cache_usage / p.kv_cache_target,
+        "ttft": min(LATENCY_FILL_CAP, (s.ttft_p90_s or 0.0) / p.ttft_p90_s),
+        "tpot": min(LATENCY_FILL_CAP, (s.tpot_p90_s or 0.0) / p.tpot_p90_s),
+    }
+    if s.running + s.waiting <= 0:
+        terms["ttft"] = terms["tpot"] = 0.0  # stale latency of an idle replica says nothing about its load
+    signal = max(terms, key=lambda k: terms[k])
+    return terms[signal], signal
+
+
+def load_needed(
+    replicas: Sequence[ReplicaSignals], queued: float, ongoing: float, p: PolicyParams
+) -> tuple[float, str]:
+    """Replicas the current load needs, and the signal that dominates.
+
+    The replicas' fills plus requests held at the handles (``queued``, no replica yet) in units of a
+    target batch; at least Serve's count of requests in flight or queued (``ongoing``, queued included)
+    over a target batch, for replicas that have not reported.
+    """
+    fills = 0.0
+    weights: dict[str, float] = {}
+    for s in replicas:
+        fill, signal = replica_fill(s, p)
+        fills += fill
+        weights[signal] = weights.get(signal, 0.0) + fill
+    queue = queued / p.target_batch
+    weights["queue"] = weights.get("queue", 0.0) + queue
+    floor = ongoing / p.target_batch
+    if floor > fills + queue:
+        return floor, "sequences"
+    if fills + queue <= 0:
+        return 0.0, "none"
+    return fills + queue, max(weights, key=lambda k: weights[k])
+
+
+def service_rate(replicas: Sequence[ReplicaSignals], p: PolicyParams) -> float | None:
+    """Requests/s one replica completes at its target batch, from what the replicas measured (Little's law).
+
+    Per-sequence speed falls as a batch grows (DFlash's speedup most of all), so measured at a smaller
+    batch this is optimistic; the fill terms cover that side.
+    """
+    busy = [s for s in replicas if s.running > 0 and s.finished_per_s > 0]
+    running = sum(s.running for s in busy)
+    if running <= 0:
+        return None
+    return sum(s.finished_per_s for s in busy) / running * p.target_batch
+
+
+def _track(state: PolicyState, demand: float, now: float, p: PolicyParams) -> PolicyState:
+    """Fold this tick's demand into its smoothed level and growth rate (Holt's linear smoothing).
+
+    The growth is the slope of the smoothed level, not of the raw counts: Poisson noise of a few
+    requests between metric pushes would otherwise read as a trend and add replicas for nothing.
+    """
+    if state.at_s is None or now <= state.at_s:
+        return replace(state, at_s=now, demand=demand if state.at_s is None else state.demand)
+    dt = now - state.at_s
+    alpha = 1.0 - 0.5 ** (dt / p.trend_half_life_s)
+    expected = state.demand + state.growth_per_s * dt
+    level = expected + alpha * (demand - expected)
+    growth = state.growth_per_s + alpha * ((level - state.demand) / dt - state.growth_per_s)
+    return replace(state, at_s=now, demand=level, growth_per_s=growth)
+
+
+def project(needed: float, demand: float, growth_per_s: float, p: PolicyParams) -> float:
+    """Replicas needed ``replica_start_s`` from now if the load keeps growing as it has (never shrinks).
+
+    Growth below one target batch per replica start is treated as noise (a steady Poisson load's
+    smoothed slope wanders that much); a surge is far above it.
+    """
+    surge = growth_per_s - p.target_batch / p.replica_start_s if p.replica_start_s > 0 else 0.0
+    if needed <= 0 or demand <= 0 or surge <= 0:
+        return needed
+    factor = min(p.max_lookahead_factor, (demand + surge * p.replica_start_s) / demand)
+    return needed * factor
+
+
+def flow_needed(
+    replicas: Sequence[ReplicaSignals], queued: float, growth_per_s: float, p: PolicyParams
+) -> float | None:
+    """Replicas that serve the arrival rate at their target batch and drain the handle queue in ``queue_drain_s``.
+
+    Arrivals = completions + growth of what is in the system (conservation), so a rising queue asks for
+    the replicas its arrival rate needs, not for one replica per target batch of backlog: a backlog
+    that built up while replicas were starting is gone by the time more would be up.
+    """
+    mu = service_rate(replicas, p)
+    if mu is None:
+        return None
+    arrivals = sum(s.finished_per_s for s in replicas) + max(0.0, growth_per_s)
+    return arrivals / mu + queued / (mu * p.queue_drain_s)
+
+
+def _tau(s: ReplicaSignals) -> float:
+    return s.acceptance_length or 1.0  # AR: one token per step
+
+
+def learn_capacity(replicas: Sequence[ReplicaSignals], state: PolicyState, p: PolicyParams) -> PolicyState:
+    """Update the tokens/s one replica delivers at its target batch, from replicas running near it.
+
+    A replica's speed per sequence is not a constant (DFlash gains less as the batch grows), so a
+    replica seen at a small batch says little about what it does at its target; one seen near the
+    target does. Kept per unit of acceptance length: a step at a given batch costs the same whatever
+    the drafter got accepted, so when the traffic mix moves DFlash's acceptance, capacity moves with it.
+    """
+    seen = [
+        s.tokens_per_s * p.target_batch / s.running / _tau(s)
+        for s in replicas
+        if s.running >= FULL_ENOUGH * p.target_batch and s.tokens_per_s > 0
+    ]
+    if not seen:
+        return state
+    observed = sum(seen) / len(seen)
+    if state.capacity_tps is None:
+        return replace(state, capacity_tps=observed)
+    return replace(state, capacity_tps=state.capacity_tps + CAPACITY_ALPHA * (observed - state.capacity_tps))
+
+
+def token_needed(replicas: Sequence[ReplicaSignals], state: PolicyState) -> float:
+    """Replicas the output tokens/s being delivered needs at the learned capacity (0 until learned).
+
+    Guards scale-downs: replicas at small batches are fast per sequence, so their fill understates what
+    fewer, fuller replicas would carry; tokens/s over capacity at the target batch does not. Each
+    replica's tokens count in steps (tokens / acceptance length), what a replica's capacity is made of.
+    """
+    if not state.capacity_tps:
+        return 0.0
+    return sum(s.tokens_per_s / _tau(s) for s in replicas) / state.capacity_tps
+
+
+def downscale_delay(keep: int, target: int, p: PolicyParams) -> float:
+    """How long fewer replicas must do before they go: ``downscale_delay_s`` x the share that stays.
+
+    Idle replicas cost GPU time in proportion to their number, and the more of them there are, the
+    less a misjudged removal hurts (the headroom stays). 2 -> 1 and 16 -> 4 wait half the delay (the
+    floor): a drained burst does not hold a fleet for the full delay.
+    """
+    return p.downscale_delay_s * min(1.0, max(MIN_DELAY_SHARE, keep / max(1, target)))
+
+
+def _clamp(n: int, p: PolicyParams) -> int:
+    return max(p.min_replicas, min(p.max_replicas, n))
+
+
+def decide(
+    replicas: Sequence[ReplicaSignals],
+    *,
+    queued: float,
+    ongoing: float,
+    target: int,
+    now: float,
+    state: PolicyState,
+    params: PolicyParams,
+) -> Decision:
+    """The replica count to ask for now.
+
+    ``replicas``: one entry per running replica; ``target``: the count Serve currently aims for (replicas
+    starting included); ``now``: seconds on any monotonic clock, the same one every tick.
+    """
+    p = params
+    needed, signal = load_needed(replicas, queued, ongoing, p)
+    demand = max(ongoing, queued + sum(s.running + s.waiting for s in replicas))
+    state = _track(state, demand, now, p)
+    # After a scale-down the remaining replicas run larger, slower batches, so the same arrivals hold
+    # more requests in flight for a while: that growth is our own doing, not a surge.
+    settling = state.down_at_s is not None and now - state.down_at_s < p.replica_start_s
+    state = learn_capacity(replicas, state, p)
+    projected = needed if settling else project(needed, demand, state.growth_per_s, p)
+    flow = flow_needed(replicas, queued, state.growth_per_s, p)
+    if flow is not None:
+        projected = max(projected, flow)
+    # Idle is counted only while a replica is up to take a request: replicas still starting (at deploy
+    # or from zero) have served nothing yet, and no request could have arrived at them.
+    idle = demand <= 0 and len(replicas) > 0
+    idle_since = (state.idle_since_s if state.idle_since_s is not None else now) if idle else None
+    state = replace(state, idle_since_s=idle_since)
+
+    def done(replicas_: int, reason: str, st: PolicyState) -> Decision:
+        return Decision(replicas_, reason, needed, projected, demand, signal, st)
+
+    want_up = math.ceil(projected - _EPS)
+    if want_up > target:
+        n = _clamp(want_up, p)
+        if n > target:
+            reason = f"up:{signal}" if needed >= target - _EPS else "up:trend"
+            return done(n, reason, replace(state, low_since_s=None))
+        if want_up > p.max_replicas:
+            return done(target, "cap:max_replicas", replace(state, low_since_s=None))
+
+    # Fewest replicas that would run at most downscale_headroom of their target fill; at least one while
+    # anything is in flight or the deployment has not been idle long enough.
+    floor = 0 if idle_since is not None and now - idle_since >= p.scale_to_zero_idle_s - _EPS else 1
+    keep = max(floor, math.ceil(max(projected, token_needed(replicas, state)) / p.downscale_headroom - _EPS))
+    if target < p.min_replicas:
+        return done(p.min_replicas, "floor:min_replicas", replace(state, low_since_s=None))
+    if keep >= target:
+        return done(target, "hold", replace(state, low_since_s=None))
+    if keep == 0 and _clamp(0, p) < target:  # idle for scale_to_zero_idle_s already: that was the delay
+        return done(_clamp(0, p), "down:idle", replace(state, low_since_s=None, down_at_s=now))
+    low_since = state.low_since_s if state.low_since_s is not None else now
+    if now - low_since < downscale_delay(keep, target, p) - _EPS:
+        return done(target, "hold", replace(state, low_since_s=low_since))
+    n = _clamp(max(keep, math.ceil(needed - _EPS)), p)
+    if n >= target:
+        return done(target, "hold", replace(state, low_since_s=None))
+    # Requests still finishing on the leaving replicas are in no metric Serve gives a policy: the idle
+    # clock restarts, so the last replica does not go while they may still be streaming.
+    after = replace(state, low_since_s=None, down_at_s=now, idle_since_s=None)
+    return done(n, "down:idle" if demand <= 0 else "down:low-load", after)
