@@ -265,32 +265,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15, help="load time around each fault")
     opts = parser.parse_args()
-    import ray
-    from ray import serve
-
-    from serve_app.build import build_from_config
+    from tools.serve import serving
 
     os.chdir(REPO)
     redis_server = RedisServer()
     redis_server.start()
     key = api_keys.generate()
     config = chaos_config(redis_server.url, key)
-    port = free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
         print("starting the app (engines take minutes on CPU)...", flush=True)
-        serve.run(build_from_config(config), name=config.name, route_prefix="/")
-        chaos = Chaos(f"http://127.0.0.1:{port}", config, redis_server, key, opts.seconds)
-        phases = [chaos.baseline, chaos.replica_kill, chaos.redis_outage, chaos.disconnects, chaos.overload]
-        results = []
-        for phase in tqdm(phases, desc="faults"):
-            results.append(asyncio.run(phase()))
-            tqdm.write(f"{results[-1].fault}: {results[-1].outcomes or ''} {results[-1].note}")
+        with serving(config, free_port(), num_cpus=4) as base_url:
+            chaos = Chaos(base_url, config, redis_server, key, opts.seconds)
+            phases = [chaos.baseline, chaos.replica_kill, chaos.redis_outage, chaos.disconnects, chaos.overload]
+            results = []
+            for phase in tqdm(phases, desc="faults"):
+                results.append(asyncio.run(phase()))
+                tqdm.write(f"{results[-1].fault}: {results[-1].outcomes or ''} {results[-1].note}")
         write(results)
     finally:
-        serve.shutdown()
-        ray.shutdown()
         redis_server.stop()
 
 
