@@ -1,9 +1,8 @@
 """``make chaos``: inject each fault into the real app under load and count what happens to every request.
 
-Brings up the test app on the tiny models (tests.conftest.e2e_config: a DFlash model and a two-replica AR
-model behind the prefix router in precise mode, a real redis-server) with an API key, a Redis rate limit
-that fails open, and a small admission limit; then, one after another, under closed-loop load
-(bench.chaos_load) on the AR model:
+Brings up the test app's two-replica AR model on the tiny target (tests.conftest.e2e_config: the prefix
+router in precise mode, a real redis-server) with an API key, a Redis rate limit that fails open, and a
+small admission limit; then, one after another, under closed-loop load (bench.chaos_load):
 
 * ``baseline`` — no fault;
 * ``engine replica SIGKILL`` — one AR replica's process and its engine processes killed mid-load (then
@@ -58,15 +57,16 @@ class FaultResult:
 
 
 def chaos_config(redis_url: str, key: str) -> AppConfig:
-    from tests.conftest import e2e_config
+    from tests.conftest import AR_MODEL, e2e_config
 
     base = e2e_config(redis_url)
+    ar = next(m for m in base.models if m.id == AR_MODEL)  # two replicas: a retry has somewhere to go
     auth = AuthConfig(
         api_key_sha256=[api_keys.digest(key)], rate_limit_per_s=1000, rate_limit_burst=1000, on_redis_error="open"
     )
     admission = AdmissionConfig(max_in_flight=IN_FLIGHT, max_queued=QUEUED, queue_timeout_s=120)
     ingress = base.ingress.model_copy(update={"admission": admission})
-    return base.model_copy(update={"name": "dflash-chaos", "auth": auth, "ingress": ingress})
+    return base.model_copy(update={"name": "dflash-chaos", "models": [ar], "auth": auth, "ingress": ingress})
 
 
 class Chaos:
