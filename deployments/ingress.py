@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from autoscaling.settings import max_ongoing_requests
@@ -195,6 +196,13 @@ app.openapi = _openapi  # type: ignore[method-assign]
 @app.exception_handler(ApiError)
 async def _api_error_handler(request: Request, exc: ApiError) -> Response:
     return exc.response()
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's own errors (an unknown path, a wrong method) in the same OpenAI shape as ours."""
+    body = error_body(exc.status_code, str(exc.detail))
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 @app.exception_handler(Exception)
