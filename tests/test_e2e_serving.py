@@ -210,6 +210,7 @@ def _chat(**kw: object) -> str:
         ("/chat/completions", _chat(max_tokens=100_000), 400, "max"),
         ("/completions", json.dumps({"model": DFLASH_MODEL}), 400, "prompt"),
         ("/completions", json.dumps({"model": DFLASH_MODEL, "prompt": "x", "n": "many"}), 400, "n"),
+        ("/no-such-route", _chat(), 404, "not found"),
     ],
     ids=[
         "unknown-model",
@@ -227,6 +228,7 @@ def _chat(**kw: object) -> str:
         "max-tokens-too-large",
         "missing-prompt",
         "bad-n",
+        "unknown-route",
     ],
 )
 def test_client_errors(served: Served, path: str, content: bytes | str, status: int, needle: str):
