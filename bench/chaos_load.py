@@ -121,9 +121,10 @@ class LoadGenerator:
         async with httpx.AsyncClient(timeout=self._timeout_s, limits=limits) as client:
 
             async def worker(w: int) -> None:
+                stream = w % 2 == 0  # half the workers start streaming, and each alternates
                 while not stop.is_set():
-                    n = next(counter)
-                    self.report.outcomes.append(await self.one(client, n, stream=(n + w) % 2 == 0))
+                    self.report.outcomes.append(await self.one(client, next(counter), stream=stream))
+                    stream = not stream
 
             await asyncio.gather(*(worker(w) for w in range(self._workers)))
         return self.report
