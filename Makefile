@@ -19,7 +19,7 @@ TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket
 
 .PHONY: help install models serve smoke test test-unit lint clean bench-routing bench-routing-quick bench-routing-sim \
 	corpus train-demo bench-demo bench-data bench bench-quick bench-overhead bench-scaling bench-autoscaling \
-	image serve-config up deploy status down monitoring
+	image serve-config up deploy status down monitoring chaos
 
 help:
 	@echo "make serve    install what is missing, build the tiny models, serve http://127.0.0.1:$(PORT)/v1"
@@ -29,6 +29,7 @@ help:
 	@echo "make train-demo  retrain the demo pair from GSM8K (GPU if present, else CPU; docs/demo-pair.md)"
 	@echo "make bench-demo  acceptance and DFlash vs AR speed of the demo pair on this machine"
 	@echo "make smoke    start make serve, ask it through the openai client, stop it, check nothing is left"
+	@echo "make chaos    inject faults (replica kill, redis outage, disconnects, overload) under load -> docs/reliability.md"
 	@echo "make lint     ruff"
 	@echo "make bench BENCH_ARGS='--base-url URL --model M'  the DFlash table (AR vs DFlash) through any endpoint"
 	@echo "make bench-quick  the same harness on the tiny CPU demo pair (a smoke test, no speed claims)"
@@ -117,6 +118,9 @@ bench-scaling: install
 
 bench-routing: models
 	$(PY) -m bench.routing_real
+
+chaos: models
+	$(PY) -m bench.chaos
 
 bench-routing-quick: models
 	$(PY) -m bench.routing_real --quick

@@ -152,10 +152,16 @@ class EngineReplica:
         return out
 
     def describe(self) -> dict[str, Any]:
-        """This replica's id and stats (for tools and tests that broadcast to every replica)."""
+        """This replica's id, process id and stats (for tools and tests that broadcast to every replica)."""
+        import os
+
         from ray import serve
 
-        return {"replica_id": serve.get_replica_context().replica_id.unique_id, "stats": self.stats()}
+        return {
+            "replica_id": serve.get_replica_context().replica_id.unique_id,
+            "pid": os.getpid(),
+            "stats": self.stats(),
+        }
 
     def record_routing_stats(self) -> dict[str, float]:
         return self.stats()

@@ -22,11 +22,16 @@ from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from autoscaling.settings import max_ongoing_requests
 from deployments import router_metrics
+from deployments.access import Access
+from deployments.admission import Admission, Rejected, Slot
 from deployments.errors import ApiError, error_body, from_validation_error
 from deployments.metrics_merge import merge_expositions
+from deployments.openapi import openapi_document
 from deployments.router import RoutingHint
 from serve_app.config import AppConfig
 
@@ -37,6 +42,7 @@ app = FastAPI(title="dflash-serve", description="OpenAI-compatible endpoint for 
 _ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _DONE = "data: [DONE]\n\n"
+_RETRY_BACKOFF_S = 0.5  # doubled at each retry of a request whose replica died
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -152,6 +158,18 @@ class _IngressMetrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "dflash_serve_admission_rejections",
+            "Requests refused by the ingress's admission (queue_full: 429; queue_timeout: 503), by model.",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "dflash_serve_dispatch_retries",
+            "Requests sent again to another replica because theirs died before the first byte, by model.",
+            ["model"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "dflash_serve_request_duration_seconds",
             "Time from request arrival at the ingress to its last response byte.",
@@ -159,6 +177,38 @@ class _IngressMetrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+
+
+# Registered before @serve.ingress(app) below: Serve freezes a copy of the app when it decorates the
+# class, and handlers or overrides added to `app` afterwards never reach the replicas.
+
+
+def _openapi() -> dict[str, Any]:
+    """``/openapi.json``: the generation routes with vLLM's request schemas (built once, on first use)."""
+    if app.openapi_schema is None:
+        app.openapi_schema = openapi_document(app, {path: _protocol(kind) for kind, path in _ENDPOINTS.items()})
+    return app.openapi_schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
+
+
+@app.exception_handler(ApiError)
+async def _api_error_handler(request: Request, exc: ApiError) -> Response:
+    return exc.response()
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's own errors (an unknown path, a wrong method) in the same OpenAI shape as ours."""
+    body = error_body(exc.status_code, str(exc.detail))
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+@app.exception_handler(Exception)
+async def _unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body(500, "Internal error in dflash-serve; see the ingress log."), status_code=500)
 
 
 @serve.ingress(app)
@@ -170,6 +220,9 @@ class Ingress:
         self._engines = engines
         self._models = {m.id: m for m in config.effective_models()}
         self._metrics = _IngressMetrics()
+        self._access = Access(config.auth, config.redis_url, config.name)
+        limits = {m.id: m.replicas.max_replicas * max_ongoing_requests(m) for m in config.models}
+        self._admission = Admission(limits, config.ingress.admission)
         self._created = int(time.time())
         self._tokenizers = {
             m.id: _load_tokenizer(m.tokenizer or m.target) for m in config.models if m.routing.needs_tokens
@@ -188,12 +241,12 @@ class Ingress:
 
     @app.get("/v1/models")
     async def list_models(self, request: Request) -> Response:
-        self._authorize(request)
+        await self._authorize(request)
         return JSONResponse({"object": "list", "data": [self._model_card(m) for m in self._models]})
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(self, model_id: str, request: Request) -> Response:
-        self._authorize(request)
+        await self._authorize(request)
         if model_id not in self._models:
             raise self._unknown_model(model_id)
         return JSONResponse(self._model_card(model_id))
@@ -205,7 +258,7 @@ class Ingress:
     @app.get("/metrics")
     async def metrics(self, request: Request) -> Response:
         if self._config.auth.protect_metrics:
-            self._authorize(request)
+            await self._authorize(request)
         parts = [await self._engine_metrics(), await self._ingress_metrics()]
         return PlainTextResponse("".join(parts), media_type="text/plain; version=0.0.4")
 
@@ -235,16 +288,8 @@ class Ingress:
             code="model_not_found",
         )
 
-    def _authorize(self, request: Request) -> None:
-        auth = self._config.auth
-        if not auth.api_key_sha256:
-            return
-        header = request.headers.get("authorization", "")
-        key = header[7:].strip() if header.lower().startswith("bearer ") else None
-        if not auth.accepts(key):
-            raise ApiError(
-                401, "Invalid or missing API key (send `Authorization: Bearer <key>`).", code="invalid_api_key"
-            )
+    async def _authorize(self, request: Request) -> None:
+        await self._access.check(request.headers.get("authorization"))
 
     async def _read_body(self, request: Request) -> dict[str, Any]:
         limit = self._config.ingress.max_body_bytes
@@ -279,7 +324,7 @@ class Ingress:
         endpoint = _ENDPOINTS[kind]
         model_label = "unknown"
         try:
-            self._authorize(request)
+            await self._authorize(request)
             body = await self._read_body(request)
             model_id = body.get("model")
             if not isinstance(model_id, str) or not model_id:
@@ -291,14 +336,40 @@ class Ingress:
                 logger.debug("client kv_transfer_params ignored: no disaggregated prefill here")
             req = self._validate(kind, body)
             req.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-            hint = self._routing_hint(kind, model_id, req, request)
-            response = await self._dispatch(kind, model_id, req, hint, start)
+            slot = await self._admit(model_id)
+            response: Response | None = None
+            try:
+                hint = self._routing_hint(kind, model_id, req, request)
+                response = await self._dispatch(kind, model_id, req, hint, start, slot)
+            finally:
+                if not isinstance(response, StreamingResponse):
+                    slot.release()  # a stream releases its slot when it ends
         except ApiError as err:
             self._metrics.requests.labels(model_label, endpoint, str(err.status)).inc()
             return err.response()
         if not isinstance(response, StreamingResponse):
             self._observe(model_label, endpoint, response.status_code, start)
         return response
+
+    async def _admit(self, model_id: str) -> Slot:
+        try:
+            return await self._admission.gate(model_id).acquire()
+        except Rejected as rej:
+            self._metrics.rejected.labels(model_id, rej.reason).inc()
+            headers = {"Retry-After": str(rej.retry_after_s)}
+            if rej.status == 429:
+                raise ApiError(
+                    429,
+                    f"Too many requests for `{model_id}` right now; retry later.",
+                    code="overloaded",
+                    headers=headers,
+                ) from None
+            raise ApiError(
+                503,
+                f"No capacity for `{model_id}` became free in time; retry later.",
+                code="queue_timeout",
+                headers=headers,
+            ) from None
 
     def _routing_hint(self, kind: str, model_id: str, req: Any, request: Request) -> RoutingHint:
         """Token ids (and session key) the router needs; routing falls back to cold, never fails a request."""
@@ -324,25 +395,45 @@ class Ingress:
                 req.kv_transfer_params = {"prompt_token_ids": token_ids}
         return RoutingHint(token_ids=tuple(token_ids), session_key=session)
 
-    async def _dispatch(self, kind: str, model_id: str, req: Any, hint: RoutingHint, start: float) -> Response:
+    async def _dispatch(
+        self, kind: str, model_id: str, req: Any, hint: RoutingHint, start: float, slot: Slot
+    ) -> Response:
         handle = self._engines[model_id].options(stream=True)
-        gen: DeploymentResponseGenerator = getattr(handle, kind).remote(req, routing=hint)
         timeout = self._config.ingress.request_timeout_s
-        try:
-            first = await asyncio.wait_for(gen.__anext__(), timeout=timeout)
-        except TimeoutError as exc:
-            gen.cancel()
-            raise ApiError(504, f"No response from the model within {timeout:g} s.", code="timeout") from exc
-        except StopAsyncIteration as exc:
-            raise ApiError(503, "The model replica ended the request without an answer; retry.") from exc
-        except Exception as exc:
-            logger.warning("request %s to %s failed before its first byte: %r", req.request_id, model_id, exc)
-            raise ApiError(
-                503,
-                "The model is unavailable right now; retry.",
-                code="replica_unavailable",
-                headers={"Retry-After": "1"},
-            ) from exc
+        retries = self._config.ingress.dispatch_retries
+        for attempt in range(retries + 1):
+            gen: DeploymentResponseGenerator = getattr(handle, kind).remote(req, routing=hint)
+            left = timeout - (time.perf_counter() - start)
+            try:
+                first = await asyncio.wait_for(gen.__anext__(), timeout=max(left, 0.001))
+                break
+            except TimeoutError as exc:
+                gen.cancel()
+                raise ApiError(504, f"No response from the model within {timeout:g} s.", code="timeout") from exc
+            except StopAsyncIteration as exc:
+                raise ApiError(503, "The model replica ended the request without an answer; retry.") from exc
+            except Exception as exc:
+                retry_in = _RETRY_BACKOFF_S * 2**attempt
+                if attempt < retries and _replica_died(exc) and left > retry_in:
+                    # Nothing reached the client yet and the engine never saw a client error: send it
+                    # again. The router drops a dead actor at once; a dead engine core fails its health
+                    # check within the period, so the backoff gives Serve time to take it out.
+                    logger.warning(
+                        "request %s: replica of %s died before the first byte (%r); retrying",
+                        req.request_id,
+                        model_id,
+                        exc,
+                    )
+                    self._metrics.retries.labels(model_id).inc()
+                    await asyncio.sleep(retry_in)
+                    continue
+                logger.warning("request %s to %s failed before its first byte: %r", req.request_id, model_id, exc)
+                raise ApiError(
+                    503,
+                    "The model is unavailable right now; retry.",
+                    code="replica_unavailable",
+                    headers={"Retry-After": "1"},
+                ) from exc
         reply_kind, status, payload = first
         if reply_kind == "error":  # vLLM's error, re-shaped so that every error has the same types
             err = payload.get("error", {})
@@ -351,13 +442,20 @@ class Ingress:
             return JSONResponse(payload, status_code=status)
         self._metrics.ttft.labels(model_id, _ENDPOINTS[kind]).observe(time.perf_counter() - start)
         return StreamingResponse(
-            self._relay(payload, gen, model_id, _ENDPOINTS[kind], start, req.request_id),
+            self._relay(payload, gen, model_id, _ENDPOINTS[kind], start, req.request_id, slot),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     async def _relay(
-        self, first: str, gen: DeploymentResponseGenerator, model_id: str, endpoint: str, start: float, request_id: str
+        self,
+        first: str,
+        gen: DeploymentResponseGenerator,
+        model_id: str,
+        endpoint: str,
+        start: float,
+        request_id: str,
+        slot: Slot,
     ) -> AsyncIterator[str]:
         """Forward SSE chunks as they come; a replica lost mid-stream ends the stream cleanly."""
         status = 200
@@ -375,6 +473,7 @@ class Ingress:
             yield _DONE
         finally:
             gen.cancel()  # no-op when finished; aborts the engine request when the client left
+            slot.release()
             self._observe(model_id, endpoint, status, start)
 
     def _observe(self, model: str, endpoint: str, status: int, start: float) -> None:
@@ -411,12 +510,10 @@ class Ingress:
         return merge_expositions(texts) + "\n".join(lines) + "\n"
 
 
-@app.exception_handler(ApiError)
-async def _api_error_handler(request: Request, exc: ApiError) -> Response:
-    return exc.response()
+def _replica_died(exc: BaseException) -> bool:
+    """Whether a failure is the replica's death (its actor, or its engine core), not the request's fault."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import ReplicaUnavailableError
+    from vllm.v1.engine.exceptions import EngineDeadError
 
-
-@app.exception_handler(Exception)
-async def _unexpected_error_handler(request: Request, exc: Exception) -> Response:
-    logger.exception("unexpected error on %s %s", request.method, request.url.path)
-    return JSONResponse(error_body(500, "Internal error in dflash-serve; see the ingress log."), status_code=500)
+    return isinstance(exc, RayActorError | ReplicaUnavailableError | EngineDeadError)

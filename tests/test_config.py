@@ -91,15 +91,13 @@ def test_build_args_need_one_source():
     assert BuildArgs.model_validate({"app": _minimal()}).resolve().models[0].id == "m"
 
 
-def test_auth_accepts_only_listed_keys():
-    import hashlib
-
-    digest = hashlib.sha256(b"sk-good").hexdigest()
-    auth = AppConfig.model_validate({**_minimal(), "auth": {"api_key_sha256": [digest]}}).auth
-    assert auth.accepts("sk-good")
-    assert not auth.accepts("sk-bad")
-    assert not auth.accepts(None)
-    assert AppConfig.model_validate(_minimal()).auth.accepts(None)  # no keys configured: open
+def test_redis_keys_and_rate_limits_need_redis():
+    for auth in ({"redis_keys": True}, {"rate_limit_per_s": 5}):
+        with pytest.raises(ValidationError, match="redis_url"):
+            AppConfig.model_validate({**_minimal(), "auth": auth})
+        cfg = AppConfig.model_validate({**_minimal(), "auth": auth, "redis_url": "redis://127.0.0.1:1/0"})
+        assert cfg.auth.on_redis_error == "closed"  # the documented default
+    assert not AppConfig.model_validate(_minimal()).auth.enabled  # no key source: open
 
 
 def test_deployment_names_are_safe_and_distinct():

@@ -1,0 +1,76 @@
+"""Add, revoke and list the API keys an app accepts from Redis (``auth.redis_keys: true``).
+
+    python -m tools.api_keys --redis redis://host:6379/0 --app dflash add alice [--rate 5 --burst 10]
+    python -m tools.api_keys --redis redis://host:6379/0 --app dflash list
+    python -m tools.api_keys --redis redis://host:6379/0 --app dflash revoke alice
+
+``add`` prints the new key once; only its SHA-256 digest is stored. ``revoke`` takes a name or a
+digest; ingress replicas stop accepting the key within ``auth.key_cache_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import redis
+
+from deployments import api_keys
+
+
+def add(client: redis.Redis, app: str, name: str, rate: float | None = None, burst: int | None = None) -> str:
+    key = api_keys.generate()
+    record = api_keys.KeyRecord.new(name, rate, burst)
+    client.hset(api_keys.record_prefix(app) + api_keys.digest(key), mapping=record.to_redis())
+    return key
+
+
+def records(client: redis.Redis, app: str) -> dict[str, api_keys.KeyRecord]:
+    """Stored keys by digest."""
+    prefix = api_keys.record_prefix(app)
+    out = {}
+    for raw in client.scan_iter(match=prefix + "*"):
+        name = raw.decode()
+        out[name[len(prefix) :]] = api_keys.KeyRecord.from_redis(client.hgetall(name))
+    return out
+
+
+def revoke(client: redis.Redis, app: str, name_or_digest: str) -> list[str]:
+    """Digests removed: every key with that name, or the key with that digest."""
+    gone = [d for d, r in records(client, app).items() if name_or_digest in (d, r.name)]
+    for d in gone:
+        client.delete(api_keys.record_prefix(app) + d, api_keys.bucket_key(app, d))
+    return gone
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis", required=True, help="the app's redis_url")
+    parser.add_argument("--app", default="dflash", help="the app's name (AppConfig.name)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_add = sub.add_parser("add", help="create a key and print it (once)")
+    p_add.add_argument("name")
+    p_add.add_argument("--rate", type=float, default=None, help="requests/s for this key (default: the app's)")
+    p_add.add_argument("--burst", type=int, default=None, help="bucket size for this key")
+    p_rev = sub.add_parser("revoke", help="remove keys by name or digest")
+    p_rev.add_argument("name_or_digest")
+    sub.add_parser("list", help="names, digests and limits (never keys)")
+    opts = parser.parse_args(argv)
+    client = redis.Redis.from_url(opts.redis)
+    if opts.command == "add":
+        print(add(client, opts.app, opts.name, opts.rate, opts.burst))
+    elif opts.command == "revoke":
+        gone = revoke(client, opts.app, opts.name_or_digest)
+        print(f"revoked {len(gone)} key(s)")
+        if not gone:
+            return 1
+    else:
+        for d, r in sorted(records(client, opts.app).items(), key=lambda kv: kv[1].created):
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created))
+            print(f"{r.name}\t{d}\t{created}Z\trate={r.rate_per_s or '-'}\tburst={r.burst or '-'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
