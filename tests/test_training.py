@@ -51,14 +51,15 @@ def test_corpus_is_chat_prompt_then_answer(tokenizer):
     assert first[: plens[0]] == list(prompt)  # exactly what vLLM's chat endpoint feeds the model
     assert first[-1] == END_OF_TURN_ID
     assert tokenizer.decode(first[plens[0] : -1]) == ROWS[0].answer
-    assert len(offsets) == 4 and len(arrays["eval_offsets"]) == 2 and len(arrays["long_eval_offsets"]) == 2
+    assert len(offsets) == 3 and len(arrays["eval_offsets"]) == 2 and len(arrays["long_eval_offsets"]) == 2
     assert set(arrays["keep_ids"].tolist()) == set(tokens.tolist())
 
 
 def test_multi_turn_conversation_is_the_chat_history_then_the_last_answer(tokenizer):
-    """The third conversation holds both rows as turns: the prompt vLLM renders for the second question
-    after the first turn (history without the empty thought channel), then the second answer."""
-    arrays = build_corpus(ROWS[:2], ROWS[2:], tokenizer, num_eval=1)
+    """With multi_turn, a third conversation holds both rows as turns: the prompt vLLM renders for the
+    second question after the first turn (history without the empty thought channel), then its answer."""
+    arrays = build_corpus(ROWS[:2], ROWS[2:], tokenizer, num_eval=1, multi_turn=True)
+    assert len(arrays["offsets"]) == 4
     offsets, plens, tokens = arrays["offsets"], arrays["prompt_lens"], arrays["tokens"]
     conv = tokens[offsets[2] : offsets[3]].tolist()
     (group,) = multi_turn_groups([len(conversation_ids(tokenizer, qa)[0]) for qa in ROWS[:2]])

