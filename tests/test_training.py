@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from tools.demo_pair import ensure_demo_pair, materialize
-from training.corpus import QA, build_corpus, read_gsm8k
+from training.corpus import (
+    MULTI_TURN_TOKENS,
+    QA,
+    build_corpus,
+    conversation_ids,
+    multi_turn_groups,
+    prompt_ids,
+    read_gsm8k,
+)
 from training.dflash import DFlashDrafter, block_mask
 from training.pair import DEMO_DRAFTER, DEMO_TARGET
 from training.target import END_OF_TURN_ID, sparse_vocab_loss
@@ -43,8 +51,40 @@ def test_corpus_is_chat_prompt_then_answer(tokenizer):
     assert first[: plens[0]] == list(prompt)  # exactly what vLLM's chat endpoint feeds the model
     assert first[-1] == END_OF_TURN_ID
     assert tokenizer.decode(first[plens[0] : -1]) == ROWS[0].answer
-    assert len(offsets) == 3 and len(arrays["eval_offsets"]) == 2
+    assert len(offsets) == 3 and len(arrays["eval_offsets"]) == 2 and len(arrays["long_eval_offsets"]) == 2
     assert set(arrays["keep_ids"].tolist()) == set(tokens.tolist())
+
+
+def test_multi_turn_conversation_is_the_chat_history_then_the_last_answer(tokenizer):
+    """With multi_turn, a third conversation holds both rows as turns: the prompt vLLM renders for the
+    second question after the first turn (history without the empty thought channel), then its answer."""
+    arrays = build_corpus(ROWS[:2], ROWS[2:], tokenizer, num_eval=1, multi_turn=True)
+    assert len(arrays["offsets"]) == 4
+    offsets, plens, tokens = arrays["offsets"], arrays["prompt_lens"], arrays["tokens"]
+    conv = tokens[offsets[2] : offsets[3]].tolist()
+    (group,) = multi_turn_groups([len(conversation_ids(tokenizer, qa)[0]) for qa in ROWS[:2]])
+    first, last = (ROWS[i] for i in group)
+    assert conv[: plens[2]] == prompt_ids(tokenizer, last.question, [first])
+    assert conv[plens[2] : -1] == _ids(tokenizer, last.answer) and conv[-1] == END_OF_TURN_ID
+    assert tokenizer.decode(conv).count(first.answer + "<turn|>") == 1
+    long_eval = arrays["long_eval_tokens"].tolist()
+    assert long_eval == prompt_ids(tokenizer, ROWS[2].question, ROWS[:2])  # the held-out question after train turns
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_multi_turn_groups_use_each_problem_once_within_the_length_bounds():
+    lengths = [100 + (i * 37) % 400 for i in range(500)]
+    groups = multi_turn_groups(lengths)
+    used = [i for g in groups for i in g]
+    assert len(used) == len(set(used)) and len(used) >= len(lengths) - 1
+    assert all(len(g) >= 2 for g in groups)
+    totals = [sum(lengths[i] for i in g) for g in groups]
+    assert max(totals) <= MULTI_TURN_TOKENS[1] + max(lengths)  # the first two turns are taken whatever their sum
+    assert sum(t > 1_100 for t in totals) >= len(groups) // 3  # long enough for prefix-cache hits on CPU
+    assert groups == multi_turn_groups(lengths)  # seeded
 
 
 def test_wheel_must_be_the_pinned_one(tmp_path):

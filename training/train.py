@@ -95,7 +95,10 @@ def main() -> None:
     seqs = split(corpus["tokens"], corpus["offsets"])
     prompt_lens = corpus["prompt_lens"].tolist()
     keep_ids = torch.from_numpy(corpus["keep_ids"])
-    evals = split(corpus["eval_tokens"], corpus["eval_offsets"])[: args.num_eval]
+    evals = {
+        name: split(corpus[f"{name}_tokens"], corpus[f"{name}_offsets"])[: args.num_eval]
+        for name in ("eval", "long_eval")
+    }
     target_spec = dataclasses.replace(DEMO_TARGET, seed=DEMO_TARGET.seed + args.seed)
     drafter_spec = dataclasses.replace(DEMO_DRAFTER, seed=DEMO_DRAFTER.seed + args.seed)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -127,10 +130,15 @@ def main() -> None:
     n_gen = args.gen_prompts or len(seqs)
     prompts = [s[:p] for s, p in zip(seqs[:n_gen], prompt_lens[:n_gen], strict=True)]
     answers = greedy_continuations(target, prompts, args.max_new_tokens, args.gen_batch, device)
-    eval_answers = greedy_continuations(target, evals, args.max_new_tokens, args.gen_batch, device)
+    eval_answers = {
+        name: greedy_continuations(target, prompts, args.max_new_tokens, args.gen_batch, device)
+        for name, prompts in evals.items()
+    }
     meta["generate_s"] = round(time.time() - t0, 1)
     meta["answer_tokens_mean"] = round(float(np.mean([len(a) for a in answers])), 1)
-    (args.out / "eval_answers.json").write_text(json.dumps([a.tolist() for a in eval_answers]))
+    (args.out / "eval_answers.json").write_text(
+        json.dumps({name: [a.tolist() for a in answers] for name, answers in eval_answers.items()})
+    )
     logger.info("generated %d answers (mean %.1f tokens)", len(answers), meta["answer_tokens_mean"])
 
     t0 = time.time()
@@ -148,11 +156,12 @@ def main() -> None:
     )  # fmt: skip
     meta["drafter_train_s"] = round(time.time() - t0, 1)
     checkpoint()
-    eval_seqs = [torch.cat([p, a]) for p, a in zip(evals, eval_answers, strict=True)]
-    tau = acceptance_length(drafter, target, eval_seqs, [len(p) for p in evals], k=drafter_spec.block_size - 1)
-    meta["offline_tau_eval"] = round(tau, 3)
+    for name, prompts in evals.items():  # offline_tau_eval: single-turn, offline_tau_long_eval: after 8 turns
+        seqs_eval = [torch.cat([p, a]) for p, a in zip(prompts, eval_answers[name], strict=True)]
+        tau = acceptance_length(drafter, target, seqs_eval, [len(p) for p in prompts], k=drafter_spec.block_size - 1)
+        meta[f"offline_tau_{name}"] = round(tau, 3)
+        logger.info("offline acceptance length on %d %s prompts: %.3f", len(prompts), name, tau)
     write_meta(args.out, meta)
-    logger.info("offline acceptance length on %d held-out prompts: %.3f", len(evals), tau)
 
 
 if __name__ == "__main__":
