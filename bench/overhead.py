@@ -190,9 +190,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="serve_app/configs/local.yaml", help="AppConfig; its first model is used")
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per concurrency")
-    parser.add_argument("--requests", type=int, default=0, help="requests per round (default: max(8, 2 x c))")
-    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per concurrency")
+    parser.add_argument("--requests", type=int, default=0, help="requests per round (default: max(8, c))")
+    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="c=1,4, 2 rounds, 32 tokens")
     parser.add_argument("--out", type=Path, default=RESULTS / "overhead")
     parser.add_argument("--vllm-gpu", default=None, help="GPU node: the bare vLLM side's GPU (e.g. 1)")
@@ -235,7 +235,7 @@ def main() -> None:
                 "vllm": f"http://127.0.0.1:{vllm_port}/v1/chat/completions",
                 "dflash_serve": ours + "/v1/chat/completions",
             }
-            plan = {c: args.requests or max(8, 2 * c) for c in concurrencies}
+            plan = {c: args.requests or max(8, c) for c in concurrencies}
             total = sum(2 * args.rounds * n for n in plan.values())
             with tqdm(total=total, desc="overhead", unit="req") as bar:
                 for c, n in plan.items():
