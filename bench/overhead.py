@@ -243,6 +243,7 @@ def main() -> None:
                     results["by_concurrency"][str(c)] = measure(
                         urls, model.id, prompts, c, args.rounds, n, args.max_tokens, bar
                     )
+                    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))  # a partial run counts
     finally:
         stop(proc)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
