@@ -130,6 +130,18 @@ def _prompt_token_ids(tokenizer: Any, kind: str, req: Any) -> tuple[list[int], b
     return list(ids), plain is not None
 
 
+def _replica_died(exc: BaseException) -> bool:
+    """Whether a failure is the replica's death (its actor, or its engine core), not the request's fault.
+
+    Defined above the class: ``@serve.ingress`` freezes the class with the module as it is at that line.
+    """
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import ReplicaUnavailableError
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return isinstance(exc, RayActorError | ReplicaUnavailableError | EngineDeadError)
+
+
 def _protocol(kind: str) -> type:
     if kind == "chat":
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -318,6 +330,10 @@ class Ingress:
             raise from_validation_error(exc) from exc
         except VLLMClientError as exc:  # vLLM's own validators raise these past pydantic
             raise ApiError(400, f"Invalid request: {exc}", param=getattr(exc, "parameter", None)) from exc
+        except (TypeError, AttributeError, KeyError, IndexError) as exc:
+            # Some of vLLM's `mode="before"` validators assume a field's type before pydantic checks it
+            # (e.g. `structured_outputs: true` raises AttributeError): still the client's malformed input.
+            raise ApiError(400, f"Invalid request: {type(exc).__name__}: {exc}") from exc
 
     async def _generate(self, request: Request, kind: str) -> Response:
         start = time.perf_counter()
@@ -508,12 +524,3 @@ class Ingress:
             texts += answered
             lines.append(f'dflash_serve_engine_replicas{{model="{model_id}"}} {len(answered)}')
         return merge_expositions(texts) + "\n".join(lines) + "\n"
-
-
-def _replica_died(exc: BaseException) -> bool:
-    """Whether a failure is the replica's death (its actor, or its engine core), not the request's fault."""
-    from ray.exceptions import RayActorError
-    from ray.serve.exceptions import ReplicaUnavailableError
-    from vllm.v1.engine.exceptions import EngineDeadError
-
-    return isinstance(exc, RayActorError | ReplicaUnavailableError | EngineDeadError)
