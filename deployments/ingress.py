@@ -142,6 +142,21 @@ def _replica_died(exc: BaseException) -> bool:
     return isinstance(exc, RayActorError | ReplicaUnavailableError | EngineDeadError)
 
 
+def _materialized(req: Any) -> Any:
+    """``req`` with its messages' lazily validated iterables made lists.
+
+    pydantic validates ``Iterable[...]`` fields (a message's content parts, an assistant's tool calls)
+    lazily, leaving a ``ValidatorIterator`` that cannot be pickled to the engine replica; iterating here
+    also validates the parts, so a bad one is the client's 400, not the replica's failure.
+    """
+    for msg in getattr(req, "messages", None) or ():
+        if isinstance(msg, dict):
+            for key, value in msg.items():
+                if not isinstance(value, str | bytes | list | dict | int | float | None) and hasattr(value, "__iter__"):
+                    msg[key] = list(value)
+    return req
+
+
 def _protocol(kind: str) -> type:
     if kind == "chat":
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -325,7 +340,7 @@ class Ingress:
         if kind == "chat":
             _check_messages(body.get("messages"))
         try:
-            return _protocol(kind).model_validate(body)
+            return _materialized(_protocol(kind).model_validate(body))
         except ValidationError as exc:
             raise from_validation_error(exc) from exc
         except VLLMClientError as exc:  # vLLM's own validators raise these past pydantic
