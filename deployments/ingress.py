@@ -469,9 +469,11 @@ class Ingress:
         if reply_kind == "error":  # vLLM's error, re-shaped so that every error has the same types
             err = payload.get("error", {})
             raise ApiError(status, str(err.get("message", "The request failed.")), param=err.get("param"))
+        # A non-streamed answer's first byte is its whole body: observed too, so the dashboard's
+        # time-to-first-byte covers every successful request, streamed or not.
+        self._metrics.ttft.labels(model_id, _ENDPOINTS[kind]).observe(time.perf_counter() - start)
         if reply_kind == "json":
             return JSONResponse(payload, status_code=status)
-        self._metrics.ttft.labels(model_id, _ENDPOINTS[kind]).observe(time.perf_counter() - start)
         return StreamingResponse(
             self._relay(payload, gen, model_id, _ENDPOINTS[kind], start, req.request_id, slot),
             media_type="text/event-stream",
