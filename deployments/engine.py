@@ -28,6 +28,7 @@ from deployments.engine_args import vllm_serve_argv
 from deployments.kv_events import KvEventRelay, kv_events_config
 from deployments.kv_stream import EventStreamWriter
 from deployments.replica_stats import RecentLatency, ReplicaStats, ReplicaStatsLogger
+from deployments.serve_logging import serve_log_handlers_kept
 from serve_app.config import KvStreamSettings, ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -65,20 +66,21 @@ class EngineReplica:
             self._relay = KvEventRelay(replica_id, endpoint, EventStreamWriter(kv_stream), kv_stream.snapshot_period_s)
             events_config = kv_events_config(endpoint)
 
-        args = make_arg_parser(FlexibleArgumentParser()).parse_args(vllm_serve_argv(model, events_config))
-        validate_parsed_serve_args(args)
-        engine_args = AsyncEngineArgs.from_cli_args(args)
-        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
-        logger.info("starting engine for %s (speculative=%s)", model.id, model.speculative is not None)
-        self._engine = AsyncLLM.from_vllm_config(
-            vllm_config=vllm_config,
-            usage_context=UsageContext.OPENAI_API_SERVER,
-            stat_loggers=[ReplicaStatsLogger.factory(self._stats, self._recent, self._stats_lock)],
-            enable_log_requests=False,
-            disable_log_stats=False,
-        )
-        state = State()
-        await init_app_state(self._engine, state, args, await self._engine.get_supported_tasks())
+        with serve_log_handlers_kept():  # vLLM's logging setup would close Serve's replica log handler
+            args = make_arg_parser(FlexibleArgumentParser()).parse_args(vllm_serve_argv(model, events_config))
+            validate_parsed_serve_args(args)
+            engine_args = AsyncEngineArgs.from_cli_args(args)
+            vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+            logger.info("starting engine for %s (speculative=%s)", model.id, model.speculative is not None)
+            self._engine = AsyncLLM.from_vllm_config(
+                vllm_config=vllm_config,
+                usage_context=UsageContext.OPENAI_API_SERVER,
+                stat_loggers=[ReplicaStatsLogger.factory(self._stats, self._recent, self._stats_lock)],
+                enable_log_requests=False,
+                disable_log_stats=False,
+            )
+            state = State()
+            await init_app_state(self._engine, state, args, await self._engine.get_supported_tasks())
         # The KV block size vLLM settled on (hybrid models may change the requested one); routers hash
         # prompts with it so their blocks line up with the engine's prefix cache.
         self._block_size = vllm_config.cache_config.block_size

@@ -64,22 +64,24 @@ class RayNode:
         else:
             argv += [f"--address={head_address}"]
         self._argv = argv
+        self._temp_dir = temp_dir
         self._env = {**os.environ, **(env or {})}
         self._log_path = log_dir / f"ray-start-{name}.log"
         self._log: IO[bytes] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready: Callable[[], bool], timeout_s: float, attempts: int = 4) -> None:
+    def start(self, ready: Callable[[], bool], timeout_s: float, attempts: int = 4, recover: bool = False) -> None:
         """Start the node and wait until ``ready()``; start it again if it dies on the way.
 
         On a busy machine a raylet may give up waiting for its dashboard agent's port file (Ray 2.60 waits
         15 s; the agent took 20 s here under load) and the node exits; that is the machine's load, not what
         the tests check, and the next attempt finds the agent's imports in the page cache. A retried
-        head gets a fresh GCS namespace in Redis so it does not "recover" the failed attempt's state.
+        head gets a fresh GCS namespace in Redis so it does not "recover" the failed attempt's state,
+        unless ``recover``: a restarted head must find its cluster's state there.
         """
         for attempt in range(attempts):
             env = dict(self._env)
-            if attempt and "RAY_external_storage_namespace" in env:
+            if attempt and not recover and "RAY_external_storage_namespace" in env:
                 env["RAY_external_storage_namespace"] += f"-{attempt}"
             self._log = open(self._log_path, "ab")  # closed in kill()
             self.proc = subprocess.Popen(
@@ -95,6 +97,16 @@ class RayNode:
                 time.sleep(2)
             self.kill()
         raise RuntimeError(f"node {self.name} did not start in {attempts} attempts; see {self._log_path}")
+
+    def restart(self, ready: Callable[[], bool], timeout_s: float) -> None:
+        """Start a killed head again on its ports, as a head pod restarts: on a fresh disk.
+
+        Its old address file must go: ``ray start --head`` refuses to start when the file names its own
+        address and a process on this machine still names that GCS (the worker's raylet does, here).
+        """
+        assert self.is_head and self.proc is None, "restart a head node after kill()"
+        (self._temp_dir / "ray_current_cluster").unlink(missing_ok=True)
+        self.start(ready, timeout_s, recover=True)
 
     @property
     def dashboard_url(self) -> str:

@@ -8,6 +8,11 @@ app answers through either node's proxy (`proxy_location: EveryNode`, the worker
 since both share this machine), and when the worker node is killed it keeps answering through the head's
 proxy while Serve brings the lost replica back on the head.
 
+Before that, the head itself is restarted (its whole process tree killed and started again on the same
+ports, as a head pod restarts under KubeRay): with GCS fault tolerance the worker reconnects, its
+replicas keep running and keep answering through its proxy while the head is down, and the restarted
+Serve controller recovers the app from the GCS state in Redis instead of deploying it anew.
+
 Driven entirely from outside this process (the `ray` CLI, `serve deploy`, the dashboard's REST API and
 HTTP): the test session may already hold its own in-process Ray.
 """
@@ -41,7 +46,7 @@ START_TIMEOUT_S = 600  # vLLM CPU engines take minutes to start on this shared m
 
 
 def _app(redis_url: str) -> AppConfig:
-    """One autoregressive model (the tiny random target), two replicas, one ingress replica (memory is short)."""
+    """One autoregressive model (the tiny random target), two replicas, two small ingress replicas."""
     base = AppConfig.from_yaml(LOCAL_CONFIG)
     target, _ = ensure_models()
     model = base.models[0]
@@ -55,7 +60,8 @@ def _app(redis_url: str) -> AppConfig:
         }
     )
     model = model.model_copy(update={"id": MODEL, "target": str(target), "speculative": None, "replicas": replicas})
-    ingress = base.ingress.model_copy(update={"num_cpus": 0.25})
+    # Two ingress replicas, spread over the nodes (Serve's default): either node's proxy has a local one.
+    ingress = base.ingress.model_copy(update={"num_cpus": 0.25, "num_replicas": 2})
     return base.model_copy(
         update={"name": "dflash-two-node", "models": [model], "ingress": ingress, "redis_url": redis_url}
     )
@@ -78,10 +84,20 @@ class Cluster:
         r.raise_for_status()
         return r.json()["applications"].get(app.name, {})
 
+    def replicas(self, app: AppConfig, deployment: str) -> dict[str, str]:
+        """Replica id -> node id of a deployment's RUNNING replicas, as Serve reports them."""
+        replicas = self.app_status(app)["deployments"][deployment]["replicas"]
+        return {r["replica_id"]: r["node_id"] for r in replicas if r["state"] == "RUNNING"}
+
     def engine_nodes(self, app: AppConfig) -> list[str]:
-        """Node ids of the model's RUNNING engine replicas, as Serve reports them."""
-        deployment = self.app_status(app)["deployments"][app.models[0].deployment_name()]
-        return sorted(r["node_id"] for r in deployment["replicas"] if r["state"] == "RUNNING")
+        """Node ids of the model's RUNNING engine replicas."""
+        return sorted(self.replicas(app, app.models[0].deployment_name()).values())
+
+    def node_ids(self) -> tuple[str, str]:
+        """(head, worker) node ids of the ALIVE nodes."""
+        nodes = self.alive_nodes()
+        head = next(n["node_id"] for n in nodes if n["is_head_node"])
+        return head, next(n["node_id"] for n in nodes if not n["is_head_node"])
 
 
 def _chat(port: int) -> str:
@@ -110,6 +126,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         # Ray's memory monitor kills workers when the *machine* is 95% full, which on this shared machine other
         # people's engines decide; it killed the Serve controller, whose recovery then stopped healthy replicas.
         "RAY_memory_monitor_refresh_ms": "0",
+        # How long the worker waits for a restarted head's GCS (default 60 s; a head start takes longer here).
+        "RAY_gcs_rpc_server_reconnect_timeout_s": "600",
     }
     nodes: list[RayNode] = []
     try:
@@ -140,8 +158,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-@pytest.mark.timeout(1800)  # two engine starts in a row (deploy, then the failover), minutes each here
-def test_two_nodes_serve_behind_every_proxy_and_survive_losing_the_worker(cluster: Cluster, tmp_path: Path):
+@pytest.mark.timeout(2400)  # three engine starts in a row (deploy, head restart, failover), minutes each here
+def test_two_nodes_survive_a_head_restart_and_losing_the_worker(cluster: Cluster, tmp_path: Path):
     app = _app(cluster.redis_url)
     config = serve_config(app, host="127.0.0.1", port=cluster.ports["head_http"])
     path = tmp_path / "serve.yaml"
@@ -154,15 +172,37 @@ def test_two_nodes_serve_behind_every_proxy_and_survive_losing_the_worker(cluste
     )
     wait_for(lambda: cluster.app_status(app).get("status") == "RUNNING", START_TIMEOUT_S, "the app to run")
 
-    # One engine replica per node: the fake accelerator slots of both nodes are used.
-    head_id = next(n["node_id"] for n in cluster.alive_nodes() if n["is_head_node"])
-    worker_id = next(n["node_id"] for n in cluster.alive_nodes() if not n["is_head_node"])
+    # One engine replica and one ingress replica per node: the fake accelerator slots of both nodes are used.
+    head_id, worker_id = cluster.node_ids()
     assert cluster.engine_nodes(app) == sorted([head_id, worker_id])
+    assert sorted(cluster.replicas(app, "Ingress").values()) == sorted([head_id, worker_id])
 
     # Either node's proxy answers (a load balancer's targets are all the nodes).
     for port in (cluster.ports["head_http"], cluster.ports["worker_http"]):
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["models"] == [MODEL]
         assert _chat(port) in ("length", "stop")
+
+    # Restart the head (GCS, Serve controller, the head's proxy and replicas): the worker keeps answering.
+    engine = app.models[0].deployment_name()
+    on_worker = {rid for rid, node in cluster.replicas(app, engine).items() if node == worker_id}
+    cluster.head.kill()
+    for _ in range(4):  # the head's replica is gone: the ingress retries a request routed to it
+        assert _chat(cluster.ports["worker_http"]) in ("length", "stop")
+    old_head_id = head_id
+
+    def restarted() -> bool:
+        """The restarted GCS knows the new head and the worker (reconnected), and no longer the old head."""
+        head, worker = cluster.node_ids()
+        return head != old_head_id and worker == worker_id
+
+    cluster.head.restart(restarted, 300)
+    head_id, _ = cluster.node_ids()
+    assert len(cluster.alive_nodes()) == 2
+    wait_for(lambda: len(cluster.engine_nodes(app)) == 2, START_TIMEOUT_S, "the head's engine replica to be replaced")
+    assert on_worker <= set(cluster.replicas(app, engine)), "the controller recovered the app, not redeployed it"
+    assert cluster.engine_nodes(app) == sorted([head_id, worker_id])
+    for port in (cluster.ports["head_http"], cluster.ports["worker_http"]):
+        assert wait_for(lambda port=port: _chat(port), 120, f"an answer through port {port}") in ("length", "stop")
 
     # Lose the worker node: the head's proxy keeps answering, and the lost replica comes back on the head.
     cluster.worker.kill()
