@@ -252,7 +252,13 @@ def write(results: list[FaultResult]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "chaos.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     plot(results, RESULTS / "chaos.png")
-    table = markdown(results)
+    import platform
+
+    import psutil
+
+    when = time.strftime("%Y-%m-%d")
+    memory_gb = psutil.virtual_memory().total / 2**30
+    table = f"Run {when} on {platform.node()} ({os.cpu_count()} CPUs, {memory_gb:.0f} GB):\n\n{markdown(results)}"
     if DOC.exists():
         text = DOC.read_text()
         head, _, rest = text.partition(BEGIN)
