@@ -5,6 +5,8 @@ request timeout allows, and every request's latency grows with the backlog. Here
 a slot, waits in a short bounded queue for one, or is refused at once:
 
 * queue full                      -> :class:`Rejected` 429 (``rate_limit_error``), with ``Retry-After``;
+* queue full while the model has no running replica (scaled to zero, its first replica starting)
+                                  -> :class:`Rejected` 503: the model is not overloaded but starting;
 * no slot within ``queue_timeout_s`` -> :class:`Rejected` 503 (``service_unavailable_error``), with ``Retry-After``.
 
 The same queue holds requests while a model scaled to zero starts its first replica: its wait timeout
@@ -23,10 +25,10 @@ from serve_app.config import AdmissionConfig
 
 @dataclass(frozen=True)
 class Rejected(Exception):
-    """A request refused admission; ``status`` is 429 (queue full) or 503 (waited too long)."""
+    """A request refused admission; ``status`` is 429 (queue full) or 503 (starting, or waited too long)."""
 
     status: int
-    reason: str  # "queue_full" | "queue_timeout"
+    reason: str  # "queue_full" | "starting" | "queue_timeout"
     retry_after_s: int
 
 
@@ -55,12 +57,17 @@ class Gate:
     def queued(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self) -> Slot:
-        """A slot now, or after a bounded wait; raises :class:`Rejected` instead of waiting without bound."""
+    async def acquire(self, starting: bool = False) -> Slot:
+        """A slot now, or after a bounded wait; raises :class:`Rejected` instead of waiting without bound.
+
+        ``starting``: the model has no running replica yet, so a full queue is a cold start, not overload.
+        """
         if self.in_flight < self.max_in_flight and not self._waiters:
             self.in_flight += 1
             return Slot(self)
         if self.queued >= self._config.max_queued:
+            if starting:
+                raise Rejected(503, "starting", self._config.retry_after_s)
             raise Rejected(429, "queue_full", self._config.retry_after_s)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)

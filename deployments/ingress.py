@@ -32,7 +32,7 @@ from deployments.admission import Admission, Rejected, Slot
 from deployments.errors import ApiError, error_body, from_validation_error
 from deployments.metrics_merge import merge_expositions
 from deployments.openapi import openapi_document
-from deployments.router import RoutingHint
+from deployments.router import RoutingHint, running_replicas
 from serve_app.config import AppConfig
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class _IngressMetrics:
         )
         self.rejected = Counter(
             "dflash_serve_admission_rejections",
-            "Requests refused by the ingress's admission (queue_full: 429; queue_timeout: 503), by model.",
+            "Requests refused by the ingress's admission (queue_full: 429; starting, queue_timeout: 503), by model.",
             ["model", "reason"],
             registry=self.registry,
         )
@@ -384,7 +384,7 @@ class Ingress:
 
     async def _admit(self, model_id: str) -> Slot:
         try:
-            return await self._admission.gate(model_id).acquire()
+            return await self._admission.gate(model_id).acquire(starting=running_replicas(model_id) == 0)
         except Rejected as rej:
             self._metrics.rejected.labels(model_id, rej.reason).inc()
             headers = {"Retry-After": str(rej.retry_after_s)}
@@ -393,6 +393,13 @@ class Ingress:
                     429,
                     f"Too many requests for `{model_id}` right now; retry later.",
                     code="overloaded",
+                    headers=headers,
+                ) from None
+            if rej.reason == "starting":
+                raise ApiError(
+                    503,
+                    f"`{model_id}` is starting (no replica running yet) and its queue is full; retry later.",
+                    code="model_starting",
                     headers=headers,
                 ) from None
             raise ApiError(

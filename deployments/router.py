@@ -56,6 +56,16 @@ class RoutingHint:
     session_key: str | None = None
 
 
+# Running replicas per model as this process's routers last heard from Serve; the ingress (same
+# process) reads it to tell a model that is starting from one that is overloaded.
+_running_replicas: dict[str, int] = {}
+
+
+def running_replicas(model: str) -> int | None:
+    """Replicas of ``model`` Serve runs now, or None before this process has routed to it."""
+    return _running_replicas.get(model)
+
+
 def make_policy(name: str, options: dict[str, Any]) -> Policy:
     if name == "prefix":
         return POLICIES[name](PrefixPolicyConfig(**options))
@@ -196,6 +206,8 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         gone = set(self._in_flight) - {r.replica_id.unique_id for r in replicas}
         super().update_replicas(replicas)
+        _running_replicas[self._model] = len(replicas)
+        metrics.REPLICAS.labels(self._model).set(len(replicas))
         for rid in gone:
             self._forget(rid)
 

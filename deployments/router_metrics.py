@@ -52,3 +52,9 @@ STREAM_EVENTS = Counter(
     ["model"],
     registry=REGISTRY,
 )
+REPLICAS = Gauge(
+    "dflash_router_replicas",
+    "Running engine replicas each router sees (summed over ingress replicas; 0: scaled to zero or starting).",
+    ["model"],
+    registry=REGISTRY,
+)

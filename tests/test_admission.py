@@ -1,4 +1,5 @@
-"""Admission (deployments/admission.py): bounded in flight, bounded FIFO queue, 429 when full, 503 on timeout."""
+"""Admission (deployments/admission.py): bounded in flight, bounded FIFO queue, 429 when full (503 while the model
+is starting), 503 on timeout."""
 
 from __future__ import annotations
 
@@ -32,6 +33,22 @@ def test_slots_then_queue_then_429():
         second = await waiting[1]
         first.release()
         second.release()
+        assert gate.in_flight == 0 and gate.queued == 0
+
+    asyncio.run(run())
+
+
+def test_full_queue_of_a_starting_model_is_503_not_429():
+    async def run() -> None:
+        gate = _gate(in_flight=1, queued=1)
+        slot = await gate.acquire(starting=True)  # scaled to zero: the slot's request waits for the first replica
+        waiting = asyncio.create_task(gate.acquire(starting=True))
+        await asyncio.sleep(0)
+        with pytest.raises(Rejected) as rej:
+            await gate.acquire(starting=True)
+        assert (rej.value.status, rej.value.reason, rej.value.retry_after_s) == (503, "starting", 3)
+        slot.release()
+        (await waiting).release()
         assert gate.in_flight == 0 and gate.queued == 0
 
     asyncio.run(run())

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import httpx
 import openai
 import pytest
 
@@ -173,12 +174,22 @@ def test_quiet_scales_down_without_cutting_requests(scaling: Scaling):
     assert scaling.running() == 1
 
 
+def _routers_see(scaling: Scaling) -> float:
+    """Running replicas the ingress's routers see (what admission reads to tell starting from overloaded)."""
+    page = httpx.get(scaling.url.removesuffix("/v1") + "/metrics", timeout=60).text
+    lines = [ln for ln in page.splitlines() if ln.startswith("dflash_router_replicas{") and f'model="{MODEL}"' in ln]
+    assert lines, "the router publishes its replica count"
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
+
+
 def test_idle_scales_to_zero_and_first_request_waits_for_a_replica(scaling: Scaling):
     _wait(lambda: scaling.replicas().get("RUNNING", 0) == 0 and not scaling.replicas().get("STOPPING"), "zero")
+    _wait(lambda: _routers_see(scaling) == 0, "the routers to see zero replicas")  # a full queue now answers 503
     client = openai.OpenAI(base_url=scaling.url, api_key="unused", max_retries=0, timeout=PHASE_TIMEOUT_S)
     reply = client.completions.create(model=MODEL, prompt="Wake up", max_tokens=4, temperature=0)
     assert reply.usage.completion_tokens == 4
     assert scaling.running() == 1
+    assert _routers_see(scaling) >= 1
 
 
 def test_decisions_are_logged_and_exported(scaling: Scaling):
