@@ -1,13 +1,14 @@
 """What dflash-serve costs on top of vLLM: one engine config, served bare and through our stack.
 
 (a) ``vllm serve`` (vLLM's own OpenAI server, started from the argv the engine replica itself parses,
-so both sides run one engine configuration by construction) and (b) dflash-serve with one engine
-replica (ingress, prefix router, Serve proxy) run side by side; the same client sends the same prompts
-to each at concurrency 1, 8 and 32, in rounds whose order alternates (a b, b a, ...) so that drift of a
-shared machine lands on both. Reported per concurrency: throughput ratio (b / a), added TTFT and
-inter-chunk latency at p50 and p99. Goals: >= 0.97x throughput, <= 5 ms added TTFT p50. Anchor: Ray
-Serve LLM added 47.9 ms TTFT over bare vLLM (16.9 -> 64.8 ms, ray-project/ray#59681); it cannot run on a
-CPU machine (it forces vLLM's Ray executor), so its published figure stands beside ours.
+so both sides run one engine configuration by construction, and given the same parser cache) and
+(b) dflash-serve with one engine replica (ingress, prefix router, Serve proxy) run side by side; the
+same client sends the same prompts to each at concurrency 1, 8 and 32, in rounds whose order
+alternates (a b, b a, ...) so that drift of a shared machine lands on both. Reported per concurrency:
+throughput ratio (b / a), added TTFT and inter-chunk latency at p50 and p99. Goals: >= 0.97x
+throughput, <= 5 ms added TTFT p50. Anchor: Ray Serve LLM added 47.9 ms TTFT over bare vLLM (16.9 ->
+64.8 ms, ray-project/ray#59681); it cannot run on a CPU machine (it forces vLLM's Ray executor), so its
+published figure stands beside ours.
 
 On a CPU-only box the engine, the ingress and the proxy share the same cores, so every millisecond the
 stack spends is also taken from the engine: an upper bound of what a GPU node (engine on the GPU)
@@ -36,20 +37,30 @@ from bench.load import RequestResult, RunResult, run_closed_loop
 
 logger = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
 RAY_SERVE_LLM_ANCHOR = {"bare_vllm_ttft_ms": 16.9, "ray_serve_llm_ttft_ms": 64.8, "source": "ray-project/ray#59681"}
 SIDES = ("vllm", "dflash_serve")
+
+
+# vLLM's own OpenAI server, with the parser cache our engine replica installs (deployments/parser_cache.py):
+# without it vLLM 0.32 rebuilds Gemma-4's reasoning/tool parsers for every chat request (seconds of CPU
+# each on a small machine), and the comparison would measure that fix instead of our layer's cost.
+_BARE_SERVER = (
+    "from deployments import parser_cache; parser_cache.install(); import runpy; "
+    "runpy.run_module('vllm.entrypoints.launchers.api_server.entry', run_name='__main__', alter_sys=True)"
+)
 
 
 def start_vllm(model: Any, port: int, log_path: Path, gpu: str | None) -> subprocess.Popen[bytes]:
     """vLLM's OpenAI server for ``model`` (our engine argv), in its own process group, on GPU ``gpu``."""
     from deployments.engine_args import vllm_serve_argv
 
-    argv = [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", *vllm_serve_argv(model)]
+    argv = [sys.executable, "-c", _BARE_SERVER, *vllm_serve_argv(model)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log"]
-    env = os.environ | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})
+    env = os.environ | {"PYTHONPATH": str(REPO)} | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})
     log = log_path.open("wb")
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=REPO)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 900) -> None:
@@ -216,7 +227,16 @@ def main() -> None:
     base = AppConfig.from_yaml(args.config)
     model = localize(base.models[0])
     one = model.replicas.model_copy(update={"min_replicas": 1, "max_replicas": 1, "initial_replicas": None})
-    config = base.model_copy(update={"name": "bench-overhead", "models": [model.model_copy(update={"replicas": one})]})
+    # Bare vLLM queues every request until it is served; so does our side here (admission waits as long as
+    # a request may take), or a slow machine's c=32 would compare 503s from our queue timeout with answers.
+    admission = base.ingress.admission.model_copy(update={"queue_timeout_s": base.ingress.request_timeout_s})
+    config = base.model_copy(
+        update={
+            "name": "bench-overhead",
+            "models": [model.model_copy(update={"replicas": one})],
+            "ingress": base.ingress.model_copy(update={"admission": admission}),
+        }
+    )
     prompts = load_prompts("gsm8k")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
