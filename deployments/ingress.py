@@ -542,7 +542,8 @@ class Ingress:
         for model_id, handle in self._engines.items():
             try:
                 results = await handle.broadcast("metrics_text").results_async(timeout_s=5, return_exceptions=True)
-            except TimeoutError:
+            except Exception as exc:  # noqa: BLE001 - none answered (e.g. scaled to zero): a scrape must not fail
+                logger.debug("no engine metrics for %s: %r", model_id, exc)
                 results = []
             answered = [r for r in results if isinstance(r, str)]
             texts += answered

@@ -176,9 +176,13 @@ def test_quiet_scales_down_without_cutting_requests(scaling: Scaling):
 
 def _routers_see(scaling: Scaling) -> float:
     """Running replicas the ingress's routers see (what admission reads to tell starting from overloaded)."""
-    page = httpx.get(scaling.url.removesuffix("/v1") + "/metrics", timeout=60).text
-    lines = [ln for ln in page.splitlines() if ln.startswith("dflash_router_replicas{") and f'model="{MODEL}"' in ln]
-    assert lines, "the router publishes its replica count"
+    resp = httpx.get(scaling.url.removesuffix("/v1") + "/metrics", timeout=60)
+    assert resp.status_code == 200, resp.text[:500]  # a model at zero replicas must not fail the scrape
+    ours = f'dflash_router_replicas{{model="{MODEL}"}}'
+    lines = [ln for ln in resp.text.splitlines() if ln.startswith(ours)]
+    assert lines, "the router publishes its replica count: " + " | ".join(
+        ln for ln in resp.text.splitlines() if ln.startswith("dflash_router")
+    )
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
 
 
