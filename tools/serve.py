@@ -85,13 +85,30 @@ def serving(config: AppConfig, port: int, host: str = "127.0.0.1", num_cpus: int
 
 
 def stop() -> None:
+    """Shut Serve and Ray down, then kill whatever this process started that outlived them.
+
+    Serve's controller gives up after 30 s when replicas are slow to stop, and ``ray.shutdown`` then
+    kills the replica actors; vLLM's engine-core and worker processes under them do not die with their
+    parent and would be left running, holding memory and a core.
+    """
+    import psutil
     import ray
     from ray import serve
 
+    started = psutil.Process().children(recursive=True)  # Ray's processes, their workers, the engines
     try:
         serve.shutdown()
     finally:
         ray.shutdown()
+        survivors = [p for p in started if p.is_running()]
+        for proc in survivors:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(survivors, timeout=10)
+        if survivors:
+            logger.warning("killed %d processes that outlived Ray's shutdown", len(survivors))
 
 
 def main() -> None:
