@@ -20,6 +20,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import psutil
+
     from serve_app.config import AppConfig
 
 logger = logging.getLogger("dflash_serve.serve")
@@ -84,6 +86,20 @@ def serving(config: AppConfig, port: int, host: str = "127.0.0.1", num_cpus: int
         stop()
 
 
+def _ray_process_tree() -> list[psutil.Process]:
+    """The processes ``ray.init`` started here (GCS, raylet, agents) and all under them: workers, engines."""
+    import psutil
+
+    tree: list[psutil.Process] = []
+    for child in psutil.Process().children():
+        try:
+            if "/ray/" in " ".join(child.cmdline()):
+                tree += [child, *child.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return tree
+
+
 def stop() -> None:
     """Shut Serve and Ray down, then kill whatever this process started that outlived them.
 
@@ -95,7 +111,7 @@ def stop() -> None:
     import ray
     from ray import serve
 
-    started = psutil.Process().children(recursive=True)  # Ray's processes, their workers, the engines
+    started = _ray_process_tree()
     try:
         serve.shutdown()
     finally:
