@@ -94,7 +94,7 @@ smoke: models
 	PORT=8123 bash tools/smoke_serve.sh
 
 test: models bench-data
-	$(PY) -m pytest -v -p no:cacheprovider tests
+	$(PY) -m pytest -v -p no:cacheprovider --durations=25 tests
 
 test-unit: install bench-data
 	$(PY) -m pytest -v -p no:cacheprovider -m "not e2e" tests

@@ -35,7 +35,8 @@ from tqdm import tqdm
 from bench.chaos_load import LoadGenerator, LoadReport
 from deployments import api_keys
 from serve_app.config import AdmissionConfig, AppConfig, AuthConfig
-from tools.redis_server import RedisServer, free_port
+from tools.ports import free_port
+from tools.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"

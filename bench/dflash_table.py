@@ -336,7 +336,7 @@ def _run_quick(s: Settings, out: Path) -> None:
     import platform
 
     from tools.demo_pair import ensure_demo_pair
-    from tools.redis_server import free_port
+    from tools.ports import free_port
     from tools.serve import serving
 
     ensure_demo_pair()

@@ -218,7 +218,7 @@ def main() -> None:
     from serve_app.build import localize
     from serve_app.config import AppConfig
     from tools.demo_pair import ensure_demo_pair
-    from tools.redis_server import free_port
+    from tools.ports import free_port
     from tools.serve import serving
 
     if args.quick:

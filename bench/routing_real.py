@@ -198,7 +198,7 @@ def _summary(ttfts: list[float], before: dict, after: dict, wall_s: float) -> di
 def run_arm(arm: str, sizes: Sizes, redis_url: str | None) -> dict[str, Any]:
     from ray import serve
 
-    from tools.redis_server import free_port
+    from tools.ports import free_port
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from serve_app.config import AppConfig
-from tools.redis_server import RedisServer, free_port
+from tools.ports import free_port
+from tools.redis_server import RedisServer
 from tools.tiny_models import ensure_models
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

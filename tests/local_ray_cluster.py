@@ -19,7 +19,7 @@ from typing import IO, TypeVar
 
 import psutil
 
-from tools.redis_server import free_port
+from tools.ports import free_port
 
 T = TypeVar("T")
 

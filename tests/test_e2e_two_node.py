@@ -33,7 +33,8 @@ import yaml
 from serve_app.config import AppConfig
 from tests.conftest import LOCAL_CONFIG, REPO_ROOT
 from tests.local_ray_cluster import RayNode, wait_for
-from tools.redis_server import RedisServer, free_port
+from tools.ports import free_port
+from tools.redis_server import RedisServer
 from tools.serve_config import serve_config
 from tools.tiny_models import ensure_models
 
