@@ -33,6 +33,8 @@ import httpx
 from tqdm import tqdm
 
 from bench.chaos_load import LoadGenerator, LoadReport
+from bench.machine import describe_machine
+from bench.prom import sample_total
 from deployments import api_keys
 from serve_app.config import AdmissionConfig, AppConfig, AuthConfig
 from tools.ports import free_port
@@ -92,13 +94,7 @@ class Chaos:
 
     def _retries(self) -> int:
         text = httpx.get(self.base_url + "/metrics", timeout=60, headers=self._auth()).text
-        return round(
-            sum(
-                float(line.rsplit(" ", 1)[1])
-                for line in text.splitlines()
-                if line.startswith("dflash_serve_dispatch_retries_total{") and f'model="{self.model}"' in line
-            )
-        )
+        return round(sample_total(text, "dflash_serve_dispatch_retries_total", model=self.model) or 0)
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
@@ -253,13 +249,7 @@ def write(results: list[FaultResult]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "chaos.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     plot(results, RESULTS / "chaos.png")
-    import platform
-
-    import psutil
-
-    when = time.strftime("%Y-%m-%d")
-    memory_gb = psutil.virtual_memory().total / 2**30
-    table = f"Run {when} on {platform.node()} ({os.cpu_count()} CPUs, {memory_gb:.0f} GB):\n\n{markdown(results)}"
+    table = f"Run {time.strftime('%Y-%m-%d')} on {describe_machine()}:\n\n{markdown(results)}"
     if DOC.exists():
         text = DOC.read_text()
         head, _, rest = text.partition(BEGIN)

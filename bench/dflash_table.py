@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from bench.datasets import TASKS, load_prompts, sample
 from bench.load import run_closed_loop
+from bench.machine import describe_machine
 from bench.prom import SpecCounters, read_counters
 
 logger = logging.getLogger(__name__)
@@ -333,8 +334,6 @@ def _run(endpoints: dict[str, Endpoint], s: Settings, out: Path, only: str | Non
 
 
 def _run_quick(s: Settings, out: Path) -> None:
-    import platform
-
     from tools.demo_pair import ensure_demo_pair
     from tools.ports import free_port
     from tools.serve import serving
@@ -344,7 +343,7 @@ def _run_quick(s: Settings, out: Path) -> None:
     dflash, ar = config.models
     with serving(config, free_port()) as url:
         endpoints = {"dflash": Endpoint(url, dflash.id), "ar": Endpoint(url, ar.id)}
-        label = f"quick: tiny CPU demo pair on {platform.node()} ({platform.processor() or 'cpu'})"
+        label = f"quick: tiny CPU demo pair on {describe_machine()}"
         results = _run(endpoints, s, out, None, label)
     problems = smoke_problems(results)
     if problems:

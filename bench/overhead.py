@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from bench.datasets import load_prompts
 from bench.load import RequestResult, RunResult, run_closed_loop
+from bench.machine import describe_machine
 
 logger = logging.getLogger(__name__)
 
@@ -213,8 +214,6 @@ def main() -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.serve_gpus
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    import platform
-
     from serve_app.build import localize
     from serve_app.config import AppConfig
     from tools.demo_pair import ensure_demo_pair
@@ -243,8 +242,8 @@ def main() -> None:
     vllm_port = free_port()
     proc = start_vllm(model, vllm_port, args.out.with_suffix(".vllm.log"), args.vllm_gpu)
     results: dict[str, Any] = {
-        "label": f"{model.id} (speculative={model.speculative is not None}) on {platform.node()}, "
-        f"{os.cpu_count()} CPUs, max_tokens={args.max_tokens}",
+        "label": f"{model.id} (speculative={model.speculative is not None}) on {describe_machine()}, "
+        f"max_tokens={args.max_tokens}",
         "anchor": RAY_SERVE_LLM_ANCHOR,
         "by_concurrency": {},
     }

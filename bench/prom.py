@@ -64,6 +64,17 @@ class SpecCounters:
         return [self.accepted_per_pos[p] / self.drafts for p in sorted(self.accepted_per_pos)]
 
 
+def sample_total(text: str, name: str, **labels: str) -> float | None:
+    """Sum of the samples named ``name`` whose labels include ``labels``; None when there is none."""
+    values = [
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    return sum(values) if values else None
+
+
 def read_counters(text: str, model: str | None = None) -> SpecCounters:
     """The spec-decode and generation counters in ``text``, for ``model`` (its ``model_name`` label) or all."""
     totals: dict[str, float] = defaultdict(float)

@@ -525,11 +525,7 @@ class Ingress:
         sees the whole front, not whichever replica answered."""
         ctx = serve.get_replica_context()
         handle = serve.get_deployment_handle(ctx.deployment, app_name=ctx.app_name)
-        try:
-            results = await handle.broadcast("own_metrics_text").results_async(timeout_s=5, return_exceptions=True)
-        except TimeoutError:
-            results = []
-        texts = [r for r in results if isinstance(r, str)] or [self.own_metrics_text()]
+        texts = await _scrape_replicas(handle, "own_metrics_text") or [self.own_metrics_text()]
         return merge_expositions(texts, prefix="dflash_")
 
     async def _engine_metrics(self) -> str:
@@ -540,12 +536,20 @@ class Ingress:
             "# TYPE dflash_serve_engine_replicas gauge",
         ]
         for model_id, handle in self._engines.items():
-            try:
-                results = await handle.broadcast("metrics_text").results_async(timeout_s=5, return_exceptions=True)
-            except Exception as exc:  # noqa: BLE001 - none answered (e.g. scaled to zero): a scrape must not fail
-                logger.debug("no engine metrics for %s: %r", model_id, exc)
-                results = []
-            answered = [r for r in results if isinstance(r, str)]
+            answered = await _scrape_replicas(handle, "metrics_text")
             texts += answered
             lines.append(f'dflash_serve_engine_replicas{{model="{model_id}"}} {len(answered)}')
         return merge_expositions(texts) + "\n".join(lines) + "\n"
+
+
+async def _scrape_replicas(handle: DeploymentHandle, method: str) -> list[str]:
+    """The exposition texts of every replica of ``handle`` that answered within 5 s.
+
+    A scrape must not fail because some replica (or all: a model scaled to zero) cannot answer.
+    """
+    try:
+        results = await handle.broadcast(method).results_async(timeout_s=5, return_exceptions=True)
+    except Exception as exc:  # noqa: BLE001 - any failure of the broadcast means "no answers"
+        logger.debug("no %s from %s: %r", method, handle.deployment_name, exc)
+        return []
+    return [r for r in results if isinstance(r, str)]

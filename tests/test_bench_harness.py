@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from bench import datasets
 from bench.dflash_table import REFERENCE, markdown_table, request_bodies, smoke_problems, speedups
 from bench.load import RequestResult, RunResult, _has_output
-from bench.prom import SpecCounters, read_counters
+from bench.prom import SpecCounters, read_counters, sample_total
 
 EXPECTED_RECORDS = {"math500": 500, "gsm8k": 1319, "humaneval": 164, "mbpp": 257, "mt-bench": 80}
 
@@ -95,6 +95,14 @@ def test_no_drafts_means_no_tau():
     nothing = SpecCounters()
     assert nothing.acceptance_length is None and nothing.acceptance_rate is None
     assert nothing.per_position_acceptance() == []
+
+
+def test_sample_total_sums_matching_labels_and_tells_missing_from_zero():
+    text = _exposition(drafts=100, accepted=400, per_pos=[90, 80])
+    assert sample_total(text, "vllm:spec_decode_num_drafts_total", model_name="m") == 100
+    assert sample_total(text, "vllm:spec_decode_num_drafts_total") == 100 + 12345
+    assert sample_total(text, "vllm:spec_decode_num_accepted_tokens_per_pos_total", model_name="m") == 170
+    assert sample_total(text, "vllm:spec_decode_num_drafts_total", model_name="absent") is None
 
 
 def test_run_summary_arithmetic():

@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+from bench.prom import sample_total
 from serve_app.config import AppConfig, ModelConfig
 from tests.conftest import LOCAL_CONFIG
 from tools.tiny_models import ensure_models
@@ -178,12 +179,11 @@ def _routers_see(scaling: Scaling) -> float:
     """Running replicas the ingress's routers see (what admission reads to tell starting from overloaded)."""
     resp = httpx.get(scaling.url.removesuffix("/v1") + "/metrics", timeout=60)
     assert resp.status_code == 200, resp.text[:500]  # a model at zero replicas must not fail the scrape
-    ours = f'dflash_router_replicas{{model="{MODEL}"}}'
-    lines = [ln for ln in resp.text.splitlines() if ln.startswith(ours)]
-    assert lines, "the router publishes its replica count: " + " | ".join(
+    seen = sample_total(resp.text, "dflash_router_replicas", model=MODEL)
+    assert seen is not None, "the router publishes its replica count: " + " | ".join(
         ln for ln in resp.text.splitlines() if ln.startswith("dflash_router")
     )
-    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
+    return seen
 
 
 def test_idle_scales_to_zero_and_first_request_waits_for_a_replica(scaling: Scaling):

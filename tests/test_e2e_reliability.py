@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from bench.chaos_load import LoadGenerator
+from bench.prom import sample_total
 from serve_app.config import AdmissionConfig, AuthConfig
 from tests.conftest import AR_MODEL, DFLASH_MODEL, Served
 from tools import api_keys as cli
@@ -132,12 +133,10 @@ def _kill_replica(served: Served) -> str:
 
 
 def _retries(served: Served) -> float:
-    total = 0.0
-    for text in served.ingress_metrics():
-        for line in text.splitlines():
-            if line.startswith("dflash_serve_dispatch_retries_total{") and f'model="{AR_MODEL}"' in line:
-                total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum(
+        sample_total(text, "dflash_serve_dispatch_retries_total", model=AR_MODEL) or 0.0
+        for text in served.ingress_metrics()
+    )
 
 
 def test_replica_killed_under_load_loses_no_request(served: Served):
