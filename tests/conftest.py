@@ -12,6 +12,7 @@ import pytest
 from serve_app.config import AppConfig
 from tools.ports import free_port
 from tools.redis_server import RedisServer
+from tools.serve import start_ray
 from tools.tiny_models import ensure_models
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +101,7 @@ def serve_url() -> Iterator[str]:
     from ray import serve
 
     port = free_port()
-    ray.init(address="local", num_cpus=8, include_dashboard=False, logging_level="WARNING")
+    start_ray(num_cpus=8)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield f"http://127.0.0.1:{port}"

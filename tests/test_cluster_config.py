@@ -32,6 +32,7 @@ def test_every_node_runs_the_image_redis_and_metrics(name: str):
     assert "RAY_REDIS_ADDRESS=127.0.0.1:6380" in head_start  # GCS fault tolerance
     for start in (head_start, " ".join(cfg["worker_start_ray_commands"])):
         assert "--metrics-export-port=8080" in start  # observability/prometheus.yml scrapes it
+        assert "RAY_process_group_cleanup_enabled=true" in start  # a dead replica's engines die with it
     # The app's redis_url names the head's Redis; every node resolves that name.
     app = AppConfig.from_yaml(REPO_ROOT / "serve_app" / "configs" / "gemma4-dflash-b300.yaml")
     assert app.redis_url is not None and "dflash-redis:6380" in app.redis_url

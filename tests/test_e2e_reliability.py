@@ -118,18 +118,21 @@ def test_overload_burst_is_refused_with_429_not_queued_without_bound(front: Fron
     assert all(o.retry_after == "1" for o in report.outcomes if o.kind == "http_429")
 
 
-def _kill_replica(served: Served) -> str:
-    """SIGKILL the busiest AR replica's process and its engine processes; returns its replica id."""
+def _kill_replica(served: Served) -> tuple[str, list[psutil.Process]]:
+    """SIGKILL the busiest AR replica's process (only it, as a crash would end it); returns its replica id
+    and its engine processes, which must die with it."""
     replicas = served.engine_handle(AR_MODEL).broadcast("describe").results(timeout_s=30)
     victim = max(replicas, key=lambda r: r["stats"]["ongoing_requests"])
-    children = [p.pid for p in psutil.Process(victim["pid"]).children(recursive=True)]
+    engine = psutil.Process(victim["pid"]).children(recursive=True)
+    assert engine, "the replica runs its vLLM engine core in a child process"
     os.kill(victim["pid"], signal.SIGKILL)
-    for pid in children:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return victim["replica_id"]
+    return victim["replica_id"], engine
+
+
+def _wait_gone(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Those of ``processes`` still running after ``timeout_s``."""
+    _, alive = psutil.wait_procs(processes, timeout=timeout_s)
+    return alive
 
 
 def _retries(served: Served) -> float:
@@ -145,17 +148,21 @@ def test_replica_killed_under_load_loses_no_request(served: Served):
     retries_before = _retries(served)
     load = LoadGenerator(served.v1, AR_MODEL, workers=6, max_tokens=48, timeout_s=120)
 
-    async def run() -> str:
+    async def run() -> tuple[str, list[psutil.Process]]:
         stop = asyncio.Event()
         task = asyncio.create_task(load.run(stop))
         await asyncio.sleep(4)
-        victim = await asyncio.to_thread(_kill_replica, served)
+        killed = await asyncio.to_thread(_kill_replica, served)
         await asyncio.sleep(10)
         stop.set()
         await task
-        return victim
+        return killed
 
-    victim = asyncio.run(run())
+    victim, engine = asyncio.run(run())
+    # Ray kills a dead worker's process group (RAY_process_group_cleanup_enabled): on a GPU an orphaned
+    # engine core would keep the memory that the replacement replica needs.
+    orphans = _wait_gone(engine, timeout_s=60)
+    assert not orphans, f"engine processes outlived their replica: {[p.pid for p in orphans]}"
     counts = load.report.counts()
     retried = _retries(served) - retries_before
     print(f"replica {victim} killed: sent={load.report.sent} {dict(counts)} retried={retried}")

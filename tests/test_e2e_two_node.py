@@ -123,6 +123,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "PYTHONPATH": str(REPO_ROOT),  # workers import serve_app & co. from this checkout
         "RAY_REDIS_ADDRESS": f"127.0.0.1:{redis.port}",  # GCS fault tolerance, as cluster.yaml sets it
         "RAY_external_storage_namespace": temp_dir.name,
+        "RAY_process_group_cleanup_enabled": "true",  # a dead replica's engine dies with it, as cluster.yaml sets
         "RAY_AUTH_MODE": "disabled",  # loopback-only test cluster; plain HTTP checks need no token
         # Ray's memory monitor kills workers when the *machine* is 95% full, which on this shared machine other
         # people's engines decide; it killed the Serve controller, whose recovery then stopped healthy replicas.

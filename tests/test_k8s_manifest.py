@@ -36,3 +36,13 @@ def test_rayservice_cluster_has_b300_workers_and_gcs_fault_tolerance_through_red
     app = yaml.safe_load(docs["RayService/dflash-serve"]["spec"]["serveConfigV2"])["applications"][0]["args"]["app"]
     assert f"{redis_host}:{redis_port}" in app["redis_url"]
     assert docs["Service/dflash-serve-lb"]["spec"]["ports"][0]["targetPort"] == 8000
+
+
+def test_every_ray_pod_kills_a_dead_workers_process_group():
+    """A crashed engine replica's vLLM processes must not outlive it (they hold the GPU), as in cluster.yaml."""
+    cluster = _docs()["RayService/dflash-serve"]["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert env.get("RAY_process_group_cleanup_enabled") == "true", container["name"]

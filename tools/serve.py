@@ -42,6 +42,13 @@ Press Ctrl-C to stop.
 """
 
 
+# Each Ray worker in its own process group, killed as a group when the worker exits: an engine replica that
+# crashes or is SIGKILLed takes its vLLM engine core and workers with it (otherwise they are reparented to
+# init and keep the GPU's memory). Ray 2.60's default, pinned here as cluster.yaml and k8s/rayservice.yaml
+# pin it for `ray start` (RAY_process_group_cleanup_enabled=true).
+RAY_SYSTEM_CONFIG = {"process_group_cleanup_enabled": True}
+
+
 def start_ray(num_cpus: int | None) -> None:
     import ray
 
@@ -51,6 +58,7 @@ def start_ray(num_cpus: int | None) -> None:
         num_cpus=num_cpus or max(4, os.cpu_count() or 1),
         include_dashboard=False,
         logging_level="WARNING",
+        _system_config=RAY_SYSTEM_CONFIG,
     )
 
 
