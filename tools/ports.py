@@ -3,8 +3,9 @@
 A port the kernel hands out for ``bind(0)`` comes from its ephemeral range, and so does every port
 that Ray's processes and outgoing connections take while the cluster starts: a port picked that way
 and bound a few seconds later was taken in between often enough to fail CI ("Failed to bind to
-address"). Ports are therefore picked *below* the ephemeral range and above Ray's worker-port range
-(10002–19999), where nothing is assigned automatically.
+address"). Ports are therefore picked *below* the ephemeral range, above Ray's worker-port range
+(10002–19999) and below Serve's direct-ingress ports (30000–31000), where nothing is assigned
+automatically.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 from pathlib import Path
 
 _RAY_WORKER_PORTS_END = 20_000
+_SERVE_DIRECT_INGRESS_START = 30_000
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _DEFAULT_EPHEMERAL_START = 32_768
 _pick = random.Random()
@@ -37,7 +39,7 @@ def _bindable(port: int) -> bool:
 
 def free_port() -> int:
     """A local TCP port that is free now and that no other process will be handed meanwhile."""
-    end = _ephemeral_start()
+    end = min(_ephemeral_start(), _SERVE_DIRECT_INGRESS_START)
     if end <= _RAY_WORKER_PORTS_END + 1000:
         # An unusual ephemeral range leaves no quiet band: fall back to the kernel's choice.
         with socket.socket() as s:
