@@ -210,6 +210,19 @@ class _IngressMetrics:
 # class, and handlers or overrides added to `app` afterwards never reach the replicas.
 
 
+async def _scrape_replicas(handle: DeploymentHandle, method: str) -> list[str]:
+    """The exposition texts of every replica of ``handle`` that answered within 5 s.
+
+    A scrape must not fail because some replica (or all: a model scaled to zero) cannot answer.
+    """
+    try:
+        results = await handle.broadcast(method).results_async(timeout_s=5, return_exceptions=True)
+    except Exception as exc:  # noqa: BLE001 - any failure of the broadcast means "no answers"
+        logger.debug("no %s from %s: %r", method, handle.deployment_name, exc)
+        return []
+    return [r for r in results if isinstance(r, str)]
+
+
 def _openapi() -> dict[str, Any]:
     """``/openapi.json``: the generation routes with vLLM's request schemas (built once, on first use)."""
     if app.openapi_schema is None:
@@ -238,6 +251,9 @@ async def _unexpected_error_handler(request: Request, exc: Exception) -> Respons
     return JSONResponse(error_body(500, "Internal error in dflash-serve; see the ingress log."), status_code=500)
 
 
+# serve.ingress pickles the FastAPI app, and with it the route methods and the globals they use, right
+# here: a module-level helper that a route calls must be defined above this line, or it is missing in
+# the replica (NameError).
 @serve.ingress(app)
 class Ingress:
     """Serve ingress deployment; one FastAPI app per replica."""
@@ -540,16 +556,3 @@ class Ingress:
             texts += answered
             lines.append(f'dflash_serve_engine_replicas{{model="{model_id}"}} {len(answered)}')
         return merge_expositions(texts) + "\n".join(lines) + "\n"
-
-
-async def _scrape_replicas(handle: DeploymentHandle, method: str) -> list[str]:
-    """The exposition texts of every replica of ``handle`` that answered within 5 s.
-
-    A scrape must not fail because some replica (or all: a model scaled to zero) cannot answer.
-    """
-    try:
-        results = await handle.broadcast(method).results_async(timeout_s=5, return_exceptions=True)
-    except Exception as exc:  # noqa: BLE001 - any failure of the broadcast means "no answers"
-        logger.debug("no %s from %s: %r", method, handle.deployment_name, exc)
-        return []
-    return [r for r in results if isinstance(r, str)]
