@@ -124,15 +124,18 @@ def stop() -> None:
         serve.shutdown()
     finally:
         ray.shutdown()
-        survivors = [p for p in started if p.is_running()]
-        for proc in survivors:
+        survivors: dict[psutil.Process, str] = {}
+        for proc in started:
             try:
-                proc.kill()
+                if proc.status() != psutil.STATUS_ZOMBIE:  # a zombie has exited: only not yet reaped
+                    survivors[proc] = proc.name()
+                    proc.kill()
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(survivors, timeout=10)
+        psutil.wait_procs(list(survivors), timeout=10)
         if survivors:
-            logger.warning("killed %d processes that outlived Ray's shutdown", len(survivors))
+            named = ", ".join(f"{name}[{proc.pid}]" for proc, name in survivors.items())
+            logger.warning("killed %d processes that outlived Ray's shutdown: %s", len(survivors), named)
 
 
 def main() -> None:
