@@ -129,12 +129,6 @@ def _kill_replica(served: Served) -> tuple[str, list[psutil.Process]]:
     return victim["replica_id"], engine
 
 
-def _wait_gone(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
-    """Those of ``processes`` still running after ``timeout_s``."""
-    _, alive = psutil.wait_procs(processes, timeout=timeout_s)
-    return alive
-
-
 def _retries(served: Served) -> float:
     return sum(
         sample_total(text, "dflash_serve_dispatch_retries_total", model=AR_MODEL) or 0.0
@@ -161,7 +155,7 @@ def test_replica_killed_under_load_loses_no_request(served: Served):
     victim, engine = asyncio.run(run())
     # Ray kills a dead worker's process group (RAY_process_group_cleanup_enabled): on a GPU an orphaned
     # engine core would keep the memory that the replacement replica needs.
-    orphans = _wait_gone(engine, timeout_s=60)
+    _, orphans = psutil.wait_procs(engine, timeout=60)
     assert not orphans, f"engine processes outlived their replica: {[p.pid for p in orphans]}"
     counts = load.report.counts()
     retried = _retries(served) - retries_before

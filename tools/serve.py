@@ -112,8 +112,9 @@ def stop() -> None:
     """Shut Serve and Ray down, then kill whatever this process started that outlived them.
 
     Serve's controller gives up after 30 s when replicas are slow to stop, and ``ray.shutdown`` then
-    kills the replica actors; vLLM's engine-core and worker processes under them do not die with their
-    parent and would be left running, holding memory and a core.
+    stops the raylet with them; with the raylet gone nothing kills a dead replica's process group
+    (RAY_SYSTEM_CONFIG), so vLLM's engine-core and worker processes would be left running, holding
+    memory and a core.
     """
     import psutil
     import ray
