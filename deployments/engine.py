@@ -30,6 +30,7 @@ from deployments.kv_stream import EventStreamWriter
 from deployments.replica_stats import RecentLatency, ReplicaStats, ReplicaStatsLogger
 from deployments.serve_logging import serve_log_handlers_kept
 from serve_app.config import KvStreamSettings, ModelConfig
+from vllm_plugins import is_installed
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ class EngineReplica:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         parser_cache.install()
+        if model.speculative is not None and model.speculative.draft_semantics == "zlab" and not is_installed():
+            raise RuntimeError(
+                f"model {model.id!r}: speculative.draft_semantics is zlab, but vLLM will not load dflash-serve's "
+                "plugin here (install this package into the engine's environment; VLLM_PLUGINS, if set, must "
+                "list dflash_serve)"
+            )
         self._model_id = model.id
         self._stats = ReplicaStats()
         self._recent = RecentLatency(model.replicas.autoscaling.stats_window_s)

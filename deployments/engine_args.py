@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from serve_app.config import ModelConfig
+from vllm_plugins.draft_semantics import ADDITIONAL_CONFIG_KEY
 
 
 def _flag(name: str) -> str:
@@ -77,6 +78,8 @@ def vllm_serve_argv(model: ModelConfig, kv_events_config: dict[str, Any] | None 
     spec = speculative_config(model)
     if spec is not None:
         options["speculative_config"] = spec
+        # Read by the vLLM plugin in the engine's processes (vllm_plugins/zlab_dflash.py).
+        options["additional_config"] = {ADDITIONAL_CONFIG_KEY: {"draft_semantics": model.speculative.draft_semantics}}
     if kv_events_config is not None:
         options["kv_events_config"] = kv_events_config
     clashes = sorted(set(options) & set(eng.extra_engine_args))

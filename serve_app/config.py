@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vllm_plugins.draft_semantics import DraftSemanticsMode
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -46,6 +48,13 @@ class SpeculativeConfig(_Strict):
         None,
         description="The drafter's own attention backend (must support non-causal attention; "
         "flash_attn on Hopper/Blackwell). None lets vLLM choose.",
+    )
+    draft_semantics: DraftSemanticsMode = Field(
+        "auto",
+        description="The drafter's forward: auto and zlab run z-lab's reference semantics (the target's scaled "
+        "embeddings, soft-capped logits; vllm_plugins/, vLLM PR #41703's first item), stepping aside where vLLM "
+        "already applies them; zlab also refuses to start an engine where the plugin is not installed; vllm runs "
+        "stock vLLM's draft forward (for A/B measurements).",
     )
 
 

@@ -2,7 +2,10 @@
 
 Run as a script (its own process: vLLM's engine state stays out of the test process):
 
-    python tests/vllm_draft_capture.py TARGET_DIR DRAFTER_DIR PROMPT_IDS_JSON OUT.pt
+    python tests/vllm_draft_capture.py TARGET_DIR DRAFTER_DIR PROMPT_IDS_JSON OUT.pt [auto|zlab|vllm]
+
+The last argument is the engine's ``speculative.draft_semantics`` (passed as dflash-serve passes it,
+through ``--additional-config``; default auto): the drafter is built by this package's vLLM plugin.
 
 The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so the drafter module can be
 reached; its first draft after the prefill is recorded: the target's concatenated aux hidden states
@@ -24,7 +27,10 @@ def main() -> None:
     import torch
     from vllm import LLM, SamplingParams
 
+    from vllm_plugins.draft_semantics import ADDITIONAL_CONFIG_KEY
+
     target, drafter, prompt_json, out = sys.argv[1:5]
+    semantics = sys.argv[5] if len(sys.argv) > 5 else "auto"
     llm = LLM(
         model=target,
         dtype="float32",
@@ -35,9 +41,11 @@ def main() -> None:
         max_num_seqs=1,
         max_num_batched_tokens=512,
         speculative_config={"method": "dflash", "model": drafter, "num_speculative_tokens": 15},
+        additional_config={ADDITIONAL_CONFIG_KEY: {"draft_semantics": semantics}},
+        limit_mm_per_prompt={"image": 0, "video": 0},
     )
     model = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner.drafter.model
-    captured: dict[str, Any] = {}
+    captured: dict[str, Any] = {"class": type(model).__name__}
 
     def record(name: str, pick) -> None:
         original = getattr(model, name)

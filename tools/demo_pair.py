@@ -2,8 +2,9 @@
 
 The repository ships the pair compactly (``training.pair``: the target's non-zero embedding rows
 only, float32 weights); this writes ``.cache/models/demo-gemma4-target`` (a transformers
-``Gemma4ForCausalLM`` directory with the real tokenizer and chat template, stopping at ``<turn|>`` as
-the real model does) and ``.cache/models/demo-gemma4-dflash`` (the drafter: weights under vLLM's names,
+``Gemma4ForConditionalGeneration`` directory, the production class: the trained text model, a seeded
+random one-layer vision tower, the real tokenizer, chat template and processor config, stopping at
+``<turn|>`` as the real model does) and ``.cache/models/demo-gemma4-dflash`` (the drafter: weights under vLLM's names,
 its own LM head over ``draft_vocab_size`` ids, and ``mask_embedding.pt``). Rebuilt only when the
 assets change (their hash is kept in ``demo.sha256``).
 """
@@ -17,7 +18,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from tools.tiny_models import DEFAULT_OUT, REPO_ROOT, TOKENIZER_DIR, drafter_config, target_config
+from tools import gemma4_layout, tiny_models
+from tools.gemma4_layout import TOKENIZER_DIR, load_tokenizer, save_tokenizer, text_to_multimodal_keys
+from tools.tiny_models import DEFAULT_OUT, REPO_ROOT, drafter_config, new_multimodal_target, save_target
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +33,8 @@ def _digest(assets: Path) -> str:
     h = hashlib.sha256()
     for path in sorted(assets.iterdir()):
         h.update(path.name.encode() + hashlib.sha256(path.read_bytes()).digest())
-    for path in (TOKENIZER_DIR / "tokenizer.model", TOKENIZER_DIR / "chat_template.jinja", Path(__file__)):
+    layout = (Path(__file__), Path(tiny_models.__file__), Path(gemma4_layout.__file__))
+    for path in (TOKENIZER_DIR / "tokenizer.model", TOKENIZER_DIR / "chat_template.jinja", *layout):
         h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
 
@@ -39,7 +43,7 @@ def materialize(assets: Path, out: Path, tokenizer) -> tuple[Path, Path]:  # noq
     """Write the target and drafter directories for the pair in ``assets``; returns their paths."""
     import torch
     from safetensors.torch import load_file, save_file
-    from transformers import Gemma4ForCausalLM, GenerationConfig
+    from transformers import GenerationConfig
 
     from training.dflash import MASK_EMBEDDING_FILE
     from training.pair import DRAFTER_FILE, META_FILE, TARGET_FILE, load_target_state, read_specs
@@ -52,15 +56,17 @@ def materialize(assets: Path, out: Path, tokenizer) -> tuple[Path, Path]:  # noq
     for d in (target_dir, drafter_dir):
         shutil.rmtree(d, ignore_errors=True)
 
-    cfg = target_config(target_spec, vocab, tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
-    with torch.device("meta"):
-        model = Gemma4ForCausalLM(cfg)
-    model.load_state_dict(load_target_state(assets / TARGET_FILE, vocab), assign=True, strict=False)
+    model = new_multimodal_target(target_spec, tokenizer)  # the vision tower keeps its seeded random weights
+    text_state = text_to_multimodal_keys(load_target_state(assets / TARGET_FILE, vocab))
+    missing, unexpected = model.load_state_dict(text_state, strict=False)
+    untrained = [k for k in missing if not k.startswith(("model.vision_tower.", "model.embed_vision.", "lm_head."))]
+    if untrained or unexpected:
+        raise ValueError(f"demo target weights do not fit the model: missing {untrained}, unexpected {unexpected}")
     model.tie_weights()
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=list(STOP_IDS), pad_token_id=tokenizer.pad_token_id
     )
-    model.save_pretrained(target_dir, safe_serialization=True)
+    save_target(model, target_dir, tokenizer)
 
     tensors = load_file(str(assets / DRAFTER_FILE))
     mask_embedding = tensors.pop("mask_embedding")
@@ -71,9 +77,7 @@ def materialize(assets: Path, out: Path, tokenizer) -> tuple[Path, Path]:  # noq
     )
     config = drafter_config(drafter_spec, target_spec, vocab, draft_vocab_size=len(tensors["d2t"]))
     (drafter_dir / "config.json").write_text(json.dumps(config, indent=2))
-    for d in (target_dir, drafter_dir):
-        tokenizer.save_pretrained(d)
-        shutil.copy(TOKENIZER_DIR / "chat_template.jinja", d / "chat_template.jinja")
+    save_tokenizer(tokenizer, drafter_dir)
     return target_dir, drafter_dir
 
 
@@ -84,11 +88,9 @@ def ensure_demo_pair(assets: Path = DEMO_ASSETS, out: Path = DEFAULT_OUT, force:
     if not force and stamp.exists() and stamp.read_text().strip() == digest:
         logger.info("demo pair up to date in %s", out)
         return out / TARGET_NAME, out / DRAFTER_NAME
-    from transformers import AutoTokenizer
-
     logger.info("rebuilding the demo pair in %s from %s", out, assets)
     stamp.unlink(missing_ok=True)
-    dirs = materialize(assets, out, AutoTokenizer.from_pretrained(TOKENIZER_DIR))
+    dirs = materialize(assets, out, load_tokenizer())
     stamp.write_text(digest + "\n")
     return dirs
 

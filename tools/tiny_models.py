@@ -4,9 +4,11 @@ The real pair (google/gemma-4-26B-A4B-it + z-lab/gemma-4-26B-A4B-it-DFlash) cann
 so tests and the local config serve a pair of the same families, small enough that a vLLM engine
 starts in well under a minute on two CPU cores:
 
-* target: ``Gemma4ForCausalLM`` with sliding + full attention layers and the MoE block, the real
-  Gemma-4 tokenizer (vocab 262,144) and chat template, so thinking mode, the Gemma-4 reasoning and
-  tool parsers and the 262k-row embedding behave as with the real model;
+* target: ``Gemma4ForConditionalGeneration``, the production class (``tools/gemma4_layout.py``: a text
+  model with sliding + full attention layers in the real model's KV geometry and the MoE block, a
+  one-layer vision tower, the real processor config), the real Gemma-4 tokenizer (vocab 262,144) and
+  chat template, so thinking mode, image inputs, the Gemma-4 reasoning and tool parsers and the
+  262k-row embedding behave as with the real model;
 * drafter: ``DFlashDraftModel`` (Qwen3-style layers, ``dflash_config`` with ``target_layer_ids`` and
   ``mask_token_id``), uniform full-attention layers because vLLM's CPU runner refuses drafters that
   mix sliding and full layers; it shares the target's embedding and LM head as the real one does.
@@ -29,30 +31,52 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tools import gemma4_layout
+from tools.gemma4_layout import (
+    TOKENIZER_DIR,
+    load_tokenizer,
+    multimodal_config,
+    multimodal_token_ids,
+    save_processor,
+    save_tokenizer,
+)
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER_DIR = REPO_ROOT / "assets" / "gemma4_tokenizer"
 DEFAULT_OUT = REPO_ROOT / ".cache" / "models"
 SPEC_FILE = "spec.sha256"
 
 
+# gemma-4-26B-A4B-it's attention in miniature: 5 sliding layers to 1 full one, sliding layers with 8 KV
+# heads of width 256, full layers with 2 shared K=V heads of width 512 (``attention_k_eq_v``). Kept in
+# those proportions (4:1 KV heads, 2x head width), a full layer stores half a sliding layer's bytes per
+# token, as on the real model, so vLLM's hybrid allocator gives full-attention groups blocks twice the
+# sliding groups' (64 vs 32 tokens on CPU) and prefix hits land on 64-token boundaries, not 512
+# (docs/demo-pair.md, "KV geometry").
+REAL_LAYER_PATTERN = ("sliding_attention",) * 5 + ("full_attention",)
+
+
 @dataclass(frozen=True)
 class TargetSpec:
-    """Shape of the tiny Gemma-4 target (same config family as gemma-4-26B-A4B-it)."""
+    """Shape of the tiny Gemma-4 target (same config family and KV geometry as gemma-4-26B-A4B-it)."""
 
     hidden_size: int = 64
     intermediate_size: int = 128
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 2
-    num_key_value_heads: int = 1
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4
     head_dim: int = 32
-    sliding_window: int = 64
-    layer_types: tuple[str, ...] = ("sliding_attention", "full_attention") * 2
+    global_head_dim: int = 64
+    num_global_key_value_heads: int = 1
+    attention_k_eq_v: bool = True
+    sliding_window: int = 256
+    layer_types: tuple[str, ...] = REAL_LAYER_PATTERN
     num_experts: int = 4
     top_k_experts: int = 2
     moe_intermediate_size: int = 32
     max_position_embeddings: int = 8192
+    final_logit_softcapping: float = 30.0  # the real model's
     seed: int = 0
 
 
@@ -64,11 +88,19 @@ class DrafterSpec:
     intermediate_size: int = 128
     num_hidden_layers: int = 1
     num_attention_heads: int = 2
-    num_key_value_heads: int = 1
+    # 2 KV heads of width 32: a drafter layer stores as many bytes per token as a target full layer, so
+    # its KV group gets the same 64-token blocks instead of coarsening the cache-hit alignment.
+    num_key_value_heads: int = 2
     head_dim: int = 32
     block_size: int = 16
-    target_layer_ids: tuple[int, ...] = (1, 2)
+    target_layer_ids: tuple[int, ...] = (1, 3)
     mask_token_id: int = 4  # "<mask>" in the Gemma-4 vocabulary, as in z-lab's drafter
+    # z-lab's draft semantics, written into ``dflash_config`` as z-lab ships them when set: the block's
+    # input embeddings are the target's table times ``input_embedding_scale``, the draft logits are
+    # soft-capped with ``final_logit_softcapping``. Unset, a serving stack must derive them from the
+    # target (vllm_plugins/draft_semantics.py), as for z-lab's drafters whose configs omit them.
+    input_embedding_scale: float | None = None
+    final_logit_softcapping: float | None = None
     seed: int = 1
 
 
@@ -76,18 +108,19 @@ class DrafterSpec:
 class PairSpec:
     target: TargetSpec = field(default_factory=TargetSpec)
     drafter: DrafterSpec = field(default_factory=DrafterSpec)
-    version: int = 1  # bump when the build procedure changes in a way the specs don't show
+    version: int = 2  # bump when the build procedure changes in a way the specs don't show
 
     def digest(self) -> str:
         tokenizer_digest = hashlib.sha256((TOKENIZER_DIR / "tokenizer.model").read_bytes()).hexdigest()
         template_digest = hashlib.sha256((TOKENIZER_DIR / "chat_template.jinja").read_bytes()).hexdigest()
-        blob = json.dumps([asdict(self), tokenizer_digest, template_digest], sort_keys=True)
+        layout_digest = hashlib.sha256(Path(gemma4_layout.__file__).read_bytes()).hexdigest()
+        blob = json.dumps([asdict(self), tokenizer_digest, template_digest, layout_digest], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _silent_token_ids(tokenizer) -> list[int]:  # noqa: ANN001 - a transformers tokenizer
-    """Ids whose embedding rows are zeroed: special/unused tokens and byte fallbacks."""
-    ids = set(tokenizer.all_special_ids)
+    """Ids whose embedding rows are zeroed: special/unused/multimodal tokens and byte fallbacks."""
+    ids = set(tokenizer.all_special_ids) | set(multimodal_token_ids(tokenizer).values())
     ids.update(
         i
         for i, tok in enumerate(tokenizer.convert_ids_to_tokens(range(len(tokenizer))))
@@ -96,13 +129,9 @@ def _silent_token_ids(tokenizer) -> list[int]:  # noqa: ANN001 - a transformers 
     return sorted(ids)
 
 
-def _save_tokenizer(tokenizer, out: Path) -> None:  # noqa: ANN001
-    tokenizer.save_pretrained(out)
-    shutil.copy(TOKENIZER_DIR / "chat_template.jinja", out / "chat_template.jinja")
-
-
 def target_config(spec: TargetSpec, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):  # noqa: ANN201
-    """The ``Gemma4TextConfig`` of a target of this spec (shared with ``training/``, which builds it on a GPU)."""
+    """The ``Gemma4TextConfig`` of a target of this spec (shared with ``training/``, which trains the text
+    model as ``Gemma4ForCausalLM`` on a GPU; served, it is the text config of ``multimodal_config``)."""
     from transformers import Gemma4TextConfig
 
     return Gemma4TextConfig(
@@ -113,6 +142,9 @@ def target_config(spec: TargetSpec, vocab_size: int, pad_id: int, bos_id: int, e
         num_attention_heads=spec.num_attention_heads,
         num_key_value_heads=spec.num_key_value_heads,
         head_dim=spec.head_dim,
+        global_head_dim=spec.global_head_dim,
+        num_global_key_value_heads=spec.num_global_key_value_heads,
+        attention_k_eq_v=spec.attention_k_eq_v,
         hidden_size_per_layer_input=0,
         layer_types=list(spec.layer_types),
         sliding_window=spec.sliding_window,
@@ -121,6 +153,7 @@ def target_config(spec: TargetSpec, vocab_size: int, pad_id: int, bos_id: int, e
         top_k_experts=spec.top_k_experts,
         moe_intermediate_size=spec.moe_intermediate_size,
         max_position_embeddings=spec.max_position_embeddings,
+        final_logit_softcapping=spec.final_logit_softcapping,
         architectures=["Gemma4ForCausalLM"],
         pad_token_id=pad_id,
         bos_token_id=bos_id,
@@ -128,17 +161,24 @@ def target_config(spec: TargetSpec, vocab_size: int, pad_id: int, bos_id: int, e
     )
 
 
-def build_target(spec: TargetSpec, out: Path, tokenizer) -> None:  # noqa: ANN001
+def new_multimodal_target(spec: TargetSpec, tokenizer):  # noqa: ANN001, ANN201 - a transformers model
+    """A randomly initialised ``Gemma4ForConditionalGeneration`` of this spec (seeded), silent rows zeroed."""
     import torch
-    from transformers import Gemma4ForCausalLM
+    from transformers import Gemma4ForConditionalGeneration
 
     torch.manual_seed(spec.seed)
-    cfg = target_config(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
-    model = Gemma4ForCausalLM(cfg)
+    text = target_config(spec, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    model = Gemma4ForConditionalGeneration(multimodal_config(text, tokenizer))
     with torch.no_grad():
         model.get_input_embeddings().weight[_silent_token_ids(tokenizer)] = 0.0
+    return model
+
+
+def save_target(model, out: Path, tokenizer) -> None:  # noqa: ANN001 - a transformers model and tokenizer
+    """The target directory vLLM loads: weights, config, tokenizer and processor in the real layout."""
     model.save_pretrained(out, safe_serialization=True)
-    _save_tokenizer(tokenizer, out)
+    save_tokenizer(tokenizer, out)
+    save_processor(out)
 
 
 def drafter_config(spec: DrafterSpec, target: TargetSpec, vocab_size: int, draft_vocab_size: int | None = None) -> dict:
@@ -173,6 +213,9 @@ def drafter_config(spec: DrafterSpec, target: TargetSpec, vocab_size: int, draft
         },
         "torch_dtype": "float32",
     }
+    for key in ("input_embedding_scale", "final_logit_softcapping"):
+        if (value := getattr(spec, key)) is not None:
+            config["dflash_config"][key] = value
     if draft_vocab_size is not None:
         config["draft_vocab_size"] = draft_vocab_size
     return config
@@ -214,7 +257,7 @@ def build_drafter(spec: DrafterSpec, target: TargetSpec, out: Path, tokenizer) -
     save_file(tensors, str(out / "model.safetensors"))
     config = drafter_config(spec, target, len(tokenizer))
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    _save_tokenizer(tokenizer, out)
+    save_tokenizer(tokenizer, out)
 
 
 def ensure_models(out: Path = DEFAULT_OUT, spec: PairSpec | None = None, force: bool = False) -> tuple[Path, Path]:
@@ -227,14 +270,12 @@ def ensure_models(out: Path = DEFAULT_OUT, spec: PairSpec | None = None, force: 
         logger.info("tiny models up to date in %s", out)
         return target_dir, drafter_dir
 
-    from transformers import AutoTokenizer
-
     logger.info("building tiny models in %s (spec %s)", out, digest[:12])
     stamp.unlink(missing_ok=True)
     for d in (target_dir, drafter_dir):
         shutil.rmtree(d, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    build_target(spec.target, target_dir, tokenizer)
+    tokenizer = load_tokenizer()
+    save_target(new_multimodal_target(spec.target, tokenizer), target_dir, tokenizer)
     build_drafter(spec.drafter, spec.target, drafter_dir, tokenizer)
     stamp.write_text(digest + "\n")
     return target_dir, drafter_dir

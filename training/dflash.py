@@ -1,4 +1,4 @@
-"""The DFlash drafter's forward pass, written to be the one vLLM 0.32 runs (``qwen3_dflash.py``).
+"""The DFlash drafter's forward pass: z-lab's reference semantics on vLLM 0.32's layer layout (``qwen3_dflash.py``).
 
 Inference in vLLM, for one request whose verified tokens are ``x_0..x_{a-1}`` and whose next token
 ``x_a`` the target has just sampled:
@@ -8,11 +8,14 @@ Inference in vLLM, for one request whose verified tokens are ``x_0..x_{a-1}`` an
   ``hidden_norm`` and, in every drafter layer, through that layer's ``k_proj``/``v_proj``, ``k_norm`` and
   RoPE at their own positions: keys/values only, no query, no ``input_layernorm``;
 * block: ``[x_a, mask, ..., mask]`` (``block_size`` tokens, positions ``a..a+block_size-1``), embedded
-  with the target's raw embedding table (no Gemma ``sqrt(hidden)`` scale) and, for the masks, the
-  drafter's own ``mask_embedding``; each layer is a Qwen3 pre-norm block whose attention sees all the
-  context and the whole block (non-causal);
-* logits: ``lm_head(norm(h))`` at the mask slots; slot ``k`` proposes ``x_{a+k}``. With its own LM head
-  over ``draft_vocab_size`` target ids (``d2t`` offsets), other ids get ``-inf``.
+  with the target's raw embedding table and, for the masks, the drafter's own ``mask_embedding``, all
+  times ``input_embedding_scale`` (z-lab's ``_raw_input_embeddings``; for a Gemma target the target's
+  ``sqrt(hidden)`` normalizer; 1 when the spec declares none, which is what stock vLLM 0.32 runs); each
+  layer is a Qwen3 pre-norm block whose attention sees all the context and the whole block (non-causal);
+* logits: ``lm_head(norm(h))`` at the mask slots, soft-capped ``tanh(x / cap) * cap`` when the spec
+  declares ``final_logit_softcapping`` (z-lab's ``compute_logits``; stock vLLM 0.32 caps nothing); slot
+  ``k`` proposes ``x_{a+k}``. With its own LM head over ``draft_vocab_size`` target ids (``d2t``
+  offsets), other ids get ``-inf``, after the cap.
 
 Training runs many blocks of one sequence in one pass: the mask lets block ``j`` (anchor ``a_j``) see
 context positions ``< a_j`` and its own block only, which is what each block sees at inference.
@@ -132,6 +135,17 @@ class DFlashDrafter(nn.Module):
         self.mask_embedding = nn.Parameter(torch.zeros(h))
         self.register_buffer("draft_ids", draft_ids.long(), persistent=False)
 
+    @property
+    def embedding_scale(self) -> float:
+        """What the block's input embeddings are multiplied by (z-lab's ``input_embedding_scale``)."""
+        return 1.0 if self.spec.input_embedding_scale is None else self.spec.input_embedding_scale
+
+    def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the draft vocabulary, soft-capped as z-lab's ``compute_logits`` caps them."""
+        logits = self.lm_head(hidden)
+        cap = self.spec.final_logit_softcapping
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
     def context(self, target_hidden: torch.Tensor) -> torch.Tensor:
         """``hidden_norm(fc(.))`` of the concatenated target hidden states [B, T, L*H_target]."""
         return self.hidden_norm(self.fc(target_hidden))
@@ -162,7 +176,7 @@ class DFlashDrafter(nn.Module):
 
     def full_logits(self, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """Logits over the target vocabulary, ``-inf`` outside the draft vocabulary (vLLM's compute_logits)."""
-        logits = self.lm_head(hidden)
+        logits = self.draft_logits(hidden)
         full = logits.new_full((*logits.shape[:-1], vocab_size), float("-inf"))
         full[..., self.draft_ids] = logits
         return full
@@ -184,15 +198,23 @@ class DFlashDrafter(nn.Module):
 
 
 def block_inputs(
-    tokens: torch.Tensor, anchors: torch.Tensor, block_size: int, embed: torch.Tensor, mask_embedding: torch.Tensor
+    tokens: torch.Tensor,
+    anchors: torch.Tensor,
+    block_size: int,
+    embed: torch.Tensor,
+    mask_embedding: torch.Tensor,
+    scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(embeddings [B, n*bs, H], positions [B, n*bs]) of blocks ``[x_a, mask, ...]`` at anchors [B, n]."""
+    """(embeddings [B, n*bs, H], positions [B, n*bs]) of blocks ``[x_a, mask, ...]`` at anchors [B, n].
+
+    Every slot's embedding, the mask's too, is multiplied by ``scale`` (the drafter's ``embedding_scale``).
+    """
     b, n = anchors.shape
     positions = (anchors[..., None] + torch.arange(block_size, device=anchors.device)).reshape(b, n * block_size)
     first = F.embedding(tokens.gather(1, anchors), embed)  # [B, n, H]
     embeds = mask_embedding.to(first.dtype).expand(b, n, block_size, -1).clone()
     embeds[:, :, 0] = first
-    return embeds.reshape(b, n * block_size, -1), positions
+    return embeds.reshape(b, n * block_size, -1) * scale, positions
 
 
 def block_mask(anchors: torch.Tensor, ctx_len: int, block_size: int) -> torch.Tensor:

@@ -74,13 +74,14 @@ def drafter_loss(
         target_hidden = layer_outputs(target, tokens, spec.target_layer_ids)
     anchors = sample_anchors(lengths, prompt_lens, anchors_per_seq, gen).to(device)
     embeds, positions = block_inputs(
-        tokens, anchors, bs, target.get_input_embeddings().weight.detach(), drafter.mask_embedding
-    )
+        tokens, anchors, bs, target.get_input_embeddings().weight.detach(), drafter.mask_embedding,
+        drafter.embedding_scale,
+    )  # fmt: skip
     ctx_positions = torch.arange(tokens.shape[1], device=device).expand(tokens.shape[0], -1)
     mask = block_mask(anchors, tokens.shape[1], bs)
     hidden = drafter(target_hidden, ctx_positions, embeds, positions, mask)
     hidden = hidden.view(*anchors.shape, bs, -1)[:, :, 1:]
-    logits = drafter.lm_head(hidden).float()
+    logits = drafter.draft_logits(hidden).float()
     labels = block_labels(tokens, lengths.to(device), anchors, bs, to_draft)
     ce = F.cross_entropy(logits.flatten(0, 2), labels.flatten(), ignore_index=-100, reduction="none")
     weights = torch.exp(-torch.arange(bs - 1, device=device) / gamma).expand_as(labels) * (labels >= 0)
@@ -150,13 +151,14 @@ def block_drafts(drafter: DFlashDrafter, target: nn.Module, seq: torch.Tensor, a
     tokens = seq[None]
     target_hidden = layer_outputs(target, tokens, spec.target_layer_ids)
     embeds, positions = block_inputs(
-        tokens, anchors[None], spec.block_size, target.get_input_embeddings().weight, drafter.mask_embedding
-    )
+        tokens, anchors[None], spec.block_size, target.get_input_embeddings().weight, drafter.mask_embedding,
+        drafter.embedding_scale,
+    )  # fmt: skip
     ctx_positions = torch.arange(len(seq), device=seq.device)[None]
     mask = block_mask(anchors[None], len(seq), spec.block_size)
     hidden = drafter(target_hidden, ctx_positions, embeds, positions, mask)
     hidden = hidden.view(len(anchors), spec.block_size, -1)[:, 1:]
-    return drafter.draft_ids[drafter.lm_head(hidden).argmax(-1)]
+    return drafter.draft_ids[drafter.draft_logits(hidden).argmax(-1)]
 
 
 def acceptance_length(

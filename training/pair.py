@@ -21,33 +21,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from tools.tiny_models import DrafterSpec, TargetSpec
+from tools.tiny_models import REAL_LAYER_PATTERN, DrafterSpec, TargetSpec
 
 TARGET_FILE, DRAFTER_FILE, META_FILE = "target.safetensors", "drafter.safetensors", "pair.json"
 EMBED_KEY = "model.embed_tokens.weight"
 
-# Same config family as the random tiny target (sliding + full layers, MoE block), deeper and wider
-# in the MLPs so it can learn GSM8K's answer format; hidden stays 64 because the 262k-row LM head is
-# what a CPU pays per token.
+# Same config family and KV geometry as the random tiny target (tools/tiny_models.py): the real model's
+# 5:1 sliding/full pattern twice, so that its two full layers make KV groups of two layers (a drafter may
+# have at most that many: "All drafting layers should belong to the same kv cache group"); wider MLPs so
+# it can learn GSM8K's answer format; hidden stays 64 because the 262k-row LM head is what a CPU pays per
+# token.
 DEMO_TARGET = TargetSpec(
     hidden_size=64,
     intermediate_size=256,
-    num_hidden_layers=6,
-    num_attention_heads=4,
-    num_key_value_heads=1,
-    head_dim=32,
-    sliding_window=128,
-    layer_types=("sliding_attention", "sliding_attention", "full_attention") * 2,
+    num_hidden_layers=12,
+    layer_types=REAL_LAYER_PATTERN * 2,
     num_experts=4,
     top_k_experts=2,
     moe_intermediate_size=128,
     seed=0,
 )
 # Uniform full attention (vLLM's CPU runner refuses mixed drafters); context from a shallow, a middle
-# and the last target layer, as z-lab's drafters spread theirs. Two layers, because vLLM groups KV
-# layers in groups of the smallest attention type's count (the target's 2 full layers): a drafter
-# with more layers than that is split over groups and refused ("All drafting layers should belong
-# to the same kv cache group").
+# and a deep target layer, spread from 1 to n-3 as z-lab's drafters spread theirs. Trained z-lab's way:
+# the target's embeddings times its normalizer sqrt(hidden) (8.0), draft logits soft-capped at the
+# target's 30.0, both declared in its ``dflash_config`` (vllm_plugins/ makes vLLM run it so).
 DEMO_DRAFTER = DrafterSpec(
     hidden_size=64,
     intermediate_size=1024,
@@ -56,7 +53,9 @@ DEMO_DRAFTER = DrafterSpec(
     num_key_value_heads=2,
     head_dim=32,
     block_size=16,
-    target_layer_ids=(1, 3, 5),
+    target_layer_ids=(1, 5, 9),
+    input_embedding_scale=DEMO_TARGET.hidden_size**0.5,
+    final_logit_softcapping=DEMO_TARGET.final_logit_softcapping,
     seed=1,
 )
 

@@ -46,15 +46,19 @@ def new_target(spec: TargetSpec, keep_ids: torch.Tensor) -> nn.Module:
 
 
 def layer_outputs(model: nn.Module, input_ids: torch.Tensor, layer_ids: tuple[int, ...]) -> torch.Tensor:
-    """[B, T, len(layer_ids) * H]: outputs of decoder layers ``layer_ids``, concatenated (vLLM's aux states)."""
+    """[B, T, len(layer_ids) * H]: outputs of decoder layers ``layer_ids``, concatenated (vLLM's aux states).
+
+    ``model`` is a Gemma-4 text-only or multimodal model; its text decoder runs on ``input_ids`` alone.
+    """
+    decoder = model.get_decoder()
     captured: dict[int, torch.Tensor] = {}
 
     def keep(i: int):  # noqa: ANN202 - a forward hook
         return lambda _m, _a, out: captured.__setitem__(i, out[0] if isinstance(out, tuple) else out)
 
-    hooks = [model.model.layers[i].register_forward_hook(keep(i)) for i in layer_ids]
+    hooks = [decoder.layers[i].register_forward_hook(keep(i)) for i in layer_ids]
     try:
-        model.model(input_ids=input_ids, use_cache=False)
+        decoder(input_ids=input_ids, use_cache=False)
     finally:
         for hook in hooks:
             hook.remove()
@@ -62,9 +66,12 @@ def layer_outputs(model: nn.Module, input_ids: torch.Tensor, layer_ids: tuple[in
 
 
 def sparse_vocab_loss(
-    hidden: torch.Tensor, embed: torch.Tensor, keep_ids: torch.Tensor, labels: torch.Tensor
+    hidden: torch.Tensor, embed: torch.Tensor, keep_ids: torch.Tensor, labels: torch.Tensor, softcap: float | None
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over the full vocabulary, computed on the kept rows only.
+
+    Logits are soft-capped (``tanh(x / cap) * cap``) as Gemma's ``final_logit_softcapping`` caps them when
+    served; a zero row's logit stays 0 under the cap, so the shortcut below still holds.
 
     Args:
         hidden: [N, H] final hidden states.
@@ -73,6 +80,8 @@ def sparse_vocab_loss(
         labels: [N] positions into ``keep_ids`` (every label id is kept by construction).
     """
     logits = (hidden @ embed[keep_ids].T).float()  # [N, K]
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
     n_zero = embed.shape[0] - keep_ids.numel()
     lse = torch.logsumexp(torch.cat([logits, logits.new_full((logits.shape[0], 1), math.log(n_zero))], -1), -1)
     return (lse - logits.gather(1, labels[:, None]).squeeze(1)).mean()
@@ -156,8 +165,9 @@ def train_target(
         with autocast:
             hidden = model.model(input_ids=inputs, use_cache=False).last_hidden_state
             loss = sparse_vocab_loss(
-                hidden.reshape(-1, hidden.shape[-1])[valid], embed, keep_ids, index[labels.reshape(-1)[valid]]
-            )
+                hidden.reshape(-1, hidden.shape[-1])[valid], embed, keep_ids, index[labels.reshape(-1)[valid]],
+                model.config.final_logit_softcapping,
+            )  # fmt: skip
         optimizer_step(opt, model, loss, step, steps, history, bar, "target")
     model.eval()
     return history

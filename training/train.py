@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="output directory (compact pair format)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--target-steps", type=int, default=1800)
+    parser.add_argument("--target-steps", type=int, default=1500)
     parser.add_argument("--target-lr", type=float, default=3e-3)
     parser.add_argument("--drafter-steps", type=int, default=3500)
     parser.add_argument("--drafter-lr", type=float, default=2e-3)
@@ -103,6 +103,11 @@ def main() -> None:
     drafter_spec = dataclasses.replace(DEMO_DRAFTER, seed=DEMO_DRAFTER.seed + args.seed)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     meta: dict = spec_meta(target_spec, drafter_spec) | {"settings": settings, "device": str(device)}
+    if device.type == "cuda":
+        import transformers
+
+        versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
+        meta["gpu"] = f"{torch.cuda.get_device_name(device)} ({versions})"
     meta["corpus"] = {"conversations": len(seqs), "tokens": len(corpus["tokens"]), "kept_ids": len(keep_ids)}
     logger.info("device %s, %d conversations, %d kept ids", device, len(seqs), len(keep_ids))
 
