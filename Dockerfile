@@ -21,8 +21,12 @@ COPY routing routing
 COPY tools tools
 COPY bench bench
 COPY training training
+COPY vllm_plugins vllm_plugins
+# Installing the package installs its vLLM plugin (entry point vllm.general_plugins: dflash_serve), which every
+# vLLM process on the node loads: the DFlash drafter runs z-lab's draft semantics (docs/known-issues.md).
 RUN python3 -m pip install --no-cache-dir ".[gpu]" \
- && python3 -c "import ray, vllm; assert (ray.__version__, vllm.__version__) == ('2.60.0', '0.32.0'), (ray.__version__, vllm.__version__)"
+ && python3 -c "import ray, vllm; assert (ray.__version__, vllm.__version__) == ('2.60.0', '0.32.0'), (ray.__version__, vllm.__version__)" \
+ && python3 -c "import vllm_plugins; assert vllm_plugins.is_installed(), 'vLLM would not load the dflash_serve plugin'"
 
 # Ray's launcher runs `docker run ... bash` and KubeRay its own command: no `vllm serve` entrypoint.
 ENTRYPOINT []

@@ -23,6 +23,8 @@ def _option(name: str, value: Any) -> list[str]:
     """One option as vLLM's parser expects it (booleans are ``--x`` / ``--no-x``)."""
     if isinstance(value, bool):
         return [_flag(name) if value else "--no-" + name.replace("_", "-")]
+    if value is None:
+        return [_flag(name), "None"]  # vLLM's parser reads it as None for optional fields
     if isinstance(value, dict | list):
         return [_flag(name), json.dumps(value)]
     return [_flag(name), str(value)]
@@ -56,6 +58,7 @@ def vllm_serve_argv(model: ModelConfig, kv_events_config: dict[str, Any] | None 
         "gpu_memory_utilization": eng.gpu_memory_utilization,
         "enforce_eager": eng.enforce_eager,
         "enable_prefix_caching": eng.enable_prefix_caching,
+        "prefix_cache_retention_interval": None if eng.prefix_cache_retention == "dense" else 0,
         "dtype": eng.dtype,
         "chat_template_content_format": eng.chat_template_content_format,
         "seed": eng.seed,

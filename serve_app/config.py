@@ -69,6 +69,13 @@ class EngineConfig(_Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may take.")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs (always on for CPU).")
     enable_prefix_caching: bool = Field(True, description="Automatic prefix caching (the router relies on it).")
+    prefix_cache_retention: Literal["dense", "checkpoints"] = Field(
+        "dense",
+        description="Which sliding-window KV blocks stay reusable once they leave the window (vLLM's "
+        "prefix_cache_retention_interval). checkpoints (vLLM's default, 0): only at a prompt's end and shared-"
+        "prefix junctions, so a chat's next turn reuses the previous prompt but not the answer; dense (None): every "
+        "unit, so it reuses prompt and answer (docs/known-issues.md). Retained blocks stay evictable.",
+    )
     block_size: int | None = Field(None, ge=1, description="KV block size; None lets vLLM pick per model.")
     dtype: str = Field("auto", description="Weights/activations dtype (auto, bfloat16, float32, ...).")
     attention_backend: str | None = Field(
@@ -88,10 +95,11 @@ class EngineConfig(_Strict):
         "engines is a share of host RAM that must be free at start). Set it on CPU.",
     )
     chat_template_content_format: Literal["auto", "string", "openai"] = Field(
-        "string",
-        description="How vLLM hands message content to the chat template. Gemma-4's template prints a system "
-        "message's content as is, so vLLM's auto-detected 'openai' (a list of parts) would put the list's repr "
-        "in the prompt; 'string' joins text parts with newlines, as the ingress does when it renders.",
+        "openai",
+        description="How vLLM hands message content to the chat template. 'openai' (a list of parts) is the one in "
+        "which Gemma-4's template renders images; 'string' inserts a placeholder Gemma-4's processor cannot find "
+        "(image requests fail). The ingress joins text-only part lists into strings first, as 'string' would, "
+        "because the template prints a list as is.",
     )
     reasoning_parser: str | None = Field("gemma4", description="vLLM reasoning parser splitting out thinking.")
     tool_call_parser: str | None = Field("gemma4", description="vLLM tool-call parser; None disables tools.")

@@ -15,7 +15,7 @@ import openai
 import pytest
 import redis
 
-from deployments.ingress import _load_tokenizer, _prompt_token_ids
+from deployments.ingress import _load_tokenizer, _prompt_token_ids, parsed_request
 from routing.events import BlocksStored, decode
 from routing.hashing import block_hashes
 from tests.conftest import AR_MODEL, Served
@@ -37,9 +37,8 @@ def _client(served: Served) -> openai.OpenAI:
 
 
 def _chat_request(body: dict):
-    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-
-    return ChatCompletionRequest.model_validate({"model": AR_MODEL, **body})
+    """The request as the ingress sends it on (text-only part lists joined, as for the engine)."""
+    return parsed_request("chat", {"model": AR_MODEL, **body})
 
 
 def _metric_sum(text: str, name: str, model: str = AR_MODEL) -> float:

@@ -157,6 +157,42 @@ def test_dflash_is_lossless_and_drafts(served: Served):
     assert f'dflash_serve_engine_replicas{{model="{AR_MODEL}"}} 2' in after
 
 
+def _png_data_url(color: tuple[int, int, int], size: tuple[int, int] = (48, 32)) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_image_chat_with_dflash_is_lossless(served: Served):
+    """The production class on CPU: an image reaches the multimodal target, with the drafter on."""
+    client = _client(served)
+
+    def ask(model: str, color: tuple[int, int, int]) -> tuple[str, int]:
+        content = [
+            {"type": "image_url", "image_url": {"url": _png_data_url(color)}},
+            {"type": "text", "text": "What is in this picture?"},
+        ]
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": content}], max_tokens=24, temperature=0
+        )
+        return reply.choices[0].message.content, reply.usage.prompt_tokens
+
+    before = httpx.get(served.base_url + "/metrics").text
+    (red_dflash, prompt_tokens), (red_ar, _) = ask(DFLASH_MODEL, (200, 30, 30)), ask(AR_MODEL, (200, 30, 30))
+    assert red_dflash == red_ar, "DFlash changed greedy output on an image chat"
+    assert prompt_tokens > 70, f"the image's 70 soft tokens are not in the prompt ({prompt_tokens} tokens)"
+    after = httpx.get(served.base_url + "/metrics").text
+    drafts = _metric(after, "vllm:spec_decode_num_drafts_total", DFLASH_MODEL)
+    assert drafts > _metric(before, "vllm:spec_decode_num_drafts_total", DFLASH_MODEL)
+    # The pixels matter: another image, same text, changes what the (random-weight) target says.
+    assert ask(AR_MODEL, (20, 20, 220))[0] != red_ar
+
+
 # ---------------------------------------------------------------------------------- disconnect
 
 

@@ -9,17 +9,41 @@ from tools.tiny_models import SPEC_FILE, PairSpec, ensure_models
 
 def test_pair_configs():
     target, drafter = ensure_models()
-    t = json.loads((target / "config.json").read_text())
+    mm = json.loads((target / "config.json").read_text())
     d = json.loads((drafter / "config.json").read_text())
-    assert t["architectures"] == ["Gemma4ForCausalLM"]
+    assert mm["architectures"] == ["Gemma4ForConditionalGeneration"]  # the production class
+    assert mm["vision_config"]["model_type"] == "gemma4_vision"
+    assert (mm["boi_token_id"], mm["image_token_id"], mm["eoi_token_id"]) == (255999, 258880, 258882)
+    t = mm["text_config"]
     assert t["enable_moe_block"] is True
-    assert set(t["layer_types"]) == {"sliding_attention", "full_attention"}
+    assert t["layer_types"] == ["sliding_attention"] * 5 + ["full_attention"]  # the real 5:1 pattern
+    assert t["attention_k_eq_v"] is True and t["final_logit_softcapping"] == 30.0
     assert t["vocab_size"] == 262144  # the real Gemma-4 tokenizer
     assert d["architectures"] == ["DFlashDraftModel"]
     assert d["dflash_config"]["mask_token_id"] == 4
     assert max(d["dflash_config"]["target_layer_ids"]) < t["num_hidden_layers"]
     assert len(set(d["layer_types"])) == 1  # uniform: vLLM's CPU runner refuses mixed drafters
     assert (target / "chat_template.jinja").exists() and (target / "tokenizer.json").exists()
+    assert (target / "processor_config.json").exists()
+
+
+def test_processor_renders_an_image_chat():
+    """The real Gemma4Processor loads from the target (torchvision or not) and expands an image into soft tokens."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from tools.gemma4_layout import IMAGE_SOFT_TOKENS
+    from vllm_plugins import gemma4_processor
+
+    gemma4_processor.install()  # what the vLLM plugin does in every engine process
+    target, _ = ensure_models()
+    processor = AutoProcessor.from_pretrained(target)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=text, images=[Image.new("RGB", (48, 32), (200, 30, 30))], return_tensors="pt")
+    ids = inputs["input_ids"][0].tolist()
+    assert 0 < ids.count(processor.image_token_id) <= IMAGE_SOFT_TOKENS  # 60 for this aspect ratio
+    assert len(processor.tokenizer) == 262144  # <|video|> named in the vocabulary, not appended
 
 
 def test_drafter_weights_match_vllm_names():

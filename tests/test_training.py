@@ -106,7 +106,10 @@ def test_sparse_vocab_loss_is_the_full_softmax():
     index = torch.full((vocab,), -1)
     index[keep] = torch.arange(len(keep))
     full = F.cross_entropy(h @ embed.T, labels)
-    torch.testing.assert_close(sparse_vocab_loss(h, embed, keep, index[labels]), full)
+    torch.testing.assert_close(sparse_vocab_loss(h, embed, keep, index[labels], None), full)
+    capped = F.cross_entropy(torch.tanh(h @ embed.T / 2.0) * 2.0, labels)  # Gemma's final_logit_softcapping
+    torch.testing.assert_close(sparse_vocab_loss(h, embed, keep, index[labels], 2.0), capped)
+    assert not torch.isclose(capped, full)
 
 
 def test_block_mask_is_what_each_block_sees_at_inference():

