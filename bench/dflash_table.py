@@ -10,6 +10,7 @@ The two arms are two endpoints (``--base-url``/``--model`` for DFlash, ``--ar-ba
 for AR), or one app run twice: ``--only dflash``, redeploy with ``speculative=off``, ``--only ar`` with
 the same ``--out`` (results are merged). ``--quick`` serves the tiny CPU demo pair itself (DFlash and its
 AR twin in one app) with a few prompts and short outputs: it exercises the harness, not the hardware.
+``--local`` serves the same app with the settings given (the demo pair's DFlash/AR speed through the stack).
 
 Output: ``<out>.json``, ``<out>.md`` (our figures beside the reference B300 run) and ``<out>.png``.
 """
@@ -292,6 +293,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "dflash_table")
     parser.add_argument("--label", default=None, help="hardware/setup line printed with the results")
     parser.add_argument("--quick", action="store_true", help="serve the tiny CPU demo pair and run a few prompts")
+    parser.add_argument(
+        "--local", action="store_true", help="serve make serve's demo pair and its AR twin here, with these settings"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -310,7 +314,8 @@ def main() -> None:
     )
     if args.quick:
         settings = Settings(tasks, (1, 4), num_prompts=4, max_tokens=32, thinking=True, timeout_s=600)
-        _run_quick(settings, args.out)
+    if args.quick or args.local:
+        _run_local(settings, args.out)
         return
     if not args.base_url or not args.model:
         parser.error("--base-url and --model are required (or --quick)")
@@ -333,7 +338,7 @@ def _run(endpoints: dict[str, Endpoint], s: Settings, out: Path, only: str | Non
     return results
 
 
-def _run_quick(s: Settings, out: Path) -> None:
+def _run_local(s: Settings, out: Path) -> None:
     from tools.demo_pair import ensure_demo_pair
     from tools.ports import free_port
     from tools.serve import serving
@@ -343,7 +348,7 @@ def _run_quick(s: Settings, out: Path) -> None:
     dflash, ar = config.models
     with serving(config, free_port()) as url:
         endpoints = {"dflash": Endpoint(url, dflash.id), "ar": Endpoint(url, ar.id)}
-        label = f"quick: tiny CPU demo pair on {describe_machine()}"
+        label = f"tiny CPU demo pair (make serve's config) on {describe_machine()}"
         results = _run(endpoints, s, out, None, label)
     problems = smoke_problems(results)
     if problems:

@@ -54,10 +54,22 @@ def test_vllm_parses_the_argv_as_configured():
     }
 
 
+def test_draft_semantics_and_cache_retention_reach_vllm():
+    args = _parse(vllm_serve_argv(_model()))
+    assert args.additional_config == {"dflash_serve": {"draft_semantics": "auto"}}  # what the plugin reads
+    assert args.prefix_cache_retention_interval is None  # dense: answers stay reusable
+    assert args.chat_template_content_format == "openai"  # the format Gemma-4's template renders images in
+    stock = _model(speculative={"draft_model": "org/drafter", "draft_semantics": "vllm"})
+    assert _parse(vllm_serve_argv(stock)).additional_config == {"dflash_serve": {"draft_semantics": "vllm"}}
+    checkpoints = _model(engine={"prefix_cache_retention": "checkpoints"})
+    assert _parse(vllm_serve_argv(checkpoints)).prefix_cache_retention_interval == 0
+
+
 def test_ar_baseline_has_no_speculative_config():
     model = _model(speculative=None)
     assert speculative_config(model) is None
-    assert "--speculative-config" not in vllm_serve_argv(model)
+    argv = vllm_serve_argv(model)
+    assert "--speculative-config" not in argv and "--additional-config" not in argv
 
 
 def test_unknown_extra_engine_arg_fails_in_vllm_parser():
