@@ -97,8 +97,11 @@ serve: models
 smoke: models
 	PORT=8123 bash tools/smoke_serve.sh
 
+# Two pytest sessions: a test that starts a Ray cluster of its own runs when the first session's app (five
+# engine and ingress replicas of the multimodal tiny models, ~20 GB) is gone; together they overflow 24 GB.
 test: models bench-data
-	$(PY) -m pytest -v -p no:cacheprovider --durations=25 tests
+	$(PY) -m pytest -v -p no:cacheprovider --durations=25 -m "not cluster" tests
+	$(PY) -m pytest -v -p no:cacheprovider --durations=5 -m cluster tests
 
 test-unit: install bench-data
 	$(PY) -m pytest -v -p no:cacheprovider -m "not e2e" tests

@@ -38,7 +38,7 @@ from tools.redis_server import RedisServer
 from tools.serve_config import serve_config
 from tools.tiny_models import ensure_models
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
 MODEL = "tiny-gemma4-ar"
 # Fake accelerator resources: what a p6-b300 node advertises, scaled down to two "GPUs" per node.
