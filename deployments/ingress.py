@@ -142,21 +142,6 @@ def _replica_died(exc: BaseException) -> bool:
     return isinstance(exc, RayActorError | ReplicaUnavailableError | EngineDeadError)
 
 
-def _text_parts_joined(req: Any) -> Any:
-    """``req`` with each text-only content part list joined into one string (newlines between parts).
-
-    Engines hand content to the chat template in vLLM's 'openai' format, the one in which Gemma-4's template
-    renders image parts (``\t<|image|>``; vLLM's 'string' format puts a placeholder there that Gemma-4's
-    processor cannot find: a 500). The template prints a text-only list as is, a system message's too, so
-    such lists are joined here exactly as the 'string' format joins them; lists with media stay lists.
-    """
-    for msg in getattr(req, "messages", None) or ():
-        content = msg.get("content") if isinstance(msg, dict) else None
-        if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-            msg["content"] = "\n".join(str(p.get("text", "")) for p in content)
-    return req
-
-
 def _materialized(req: Any) -> Any:
     """``req`` with its messages' lazily validated iterables made lists.
 
@@ -173,8 +158,8 @@ def _materialized(req: Any) -> Any:
 
 
 def parsed_request(kind: str, body: dict[str, Any]) -> Any:
-    """The request the ingress sends on: vLLM's protocol model of ``body``, made picklable, text parts joined."""
-    return _text_parts_joined(_materialized(_protocol(kind).model_validate(body)))
+    """The request the ingress sends on: vLLM's protocol model of ``body``, made picklable."""
+    return _materialized(_protocol(kind).model_validate(body))
 
 
 def _protocol(kind: str) -> type:

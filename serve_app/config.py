@@ -95,11 +95,11 @@ class EngineConfig(_Strict):
         "engines is a share of host RAM that must be free at start). Set it on CPU.",
     )
     chat_template_content_format: Literal["auto", "string", "openai"] = Field(
-        "openai",
-        description="How vLLM hands message content to the chat template. 'openai' (a list of parts) is the one in "
-        "which Gemma-4's template renders images; 'string' inserts a placeholder Gemma-4's processor cannot find "
-        "(image requests fail). The ingress joins text-only part lists into strings first, as 'string' would, "
-        "because the template prints a list as is.",
+        "string",
+        description="How vLLM hands message content to the chat template. Gemma-4's template prints a system "
+        "message's content as is, so vLLM's auto-detected 'openai' (a list of parts, strings wrapped too) would put "
+        "the list's repr in the prompt; 'string' joins text parts with newlines, as the ingress does when it "
+        "renders, and puts an image's placeholder token in its place (vllm_plugins/gemma4_placeholders.py).",
     )
     reasoning_parser: str | None = Field("gemma4", description="vLLM reasoning parser splitting out thinking.")
     tool_call_parser: str | None = Field("gemma4", description="vLLM tool-call parser; None disables tools.")

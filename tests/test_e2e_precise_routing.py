@@ -37,7 +37,7 @@ def _client(served: Served) -> openai.OpenAI:
 
 
 def _chat_request(body: dict):
-    """The request as the ingress sends it on (text-only part lists joined, as for the engine)."""
+    """The request as the ingress sends it on."""
     return parsed_request("chat", {"model": AR_MODEL, **body})
 
 

@@ -58,7 +58,7 @@ def test_draft_semantics_and_cache_retention_reach_vllm():
     args = _parse(vllm_serve_argv(_model()))
     assert args.additional_config == {"dflash_serve": {"draft_semantics": "auto"}}  # what the plugin reads
     assert args.prefix_cache_retention_interval is None  # dense: answers stay reusable
-    assert args.chat_template_content_format == "openai"  # the format Gemma-4's template renders images in
+    assert args.chat_template_content_format == "string"  # Gemma-4's template prints a system message as is
     stock = _model(speculative={"draft_model": "org/drafter", "draft_semantics": "vllm"})
     assert _parse(vllm_serve_argv(stock)).additional_config == {"dflash_serve": {"draft_semantics": "vllm"}}
     checkpoints = _model(engine={"prefix_cache_retention": "checkpoints"})

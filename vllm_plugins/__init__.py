@@ -6,6 +6,8 @@ the engine core, its workers and Ray workers all load it before they build a mod
 * ``DFlashDraftModel`` runs with z-lab's draft semantics (``zlab_dflash``: the Gemma target's scaled
   embeddings and soft-capped logits that z-lab's drafters were trained with; vLLM PR #41703's first
   item), chosen per engine by ``speculative.draft_semantics`` (``auto``/``zlab``/``vllm``);
+* Gemma-4's multimodal class uses the image/audio placeholders its processor expands
+  (``gemma4_placeholders``: vLLM 0.32's fail every image request in the 'string' content format);
 * where torchvision is missing (this project's CPU machines), Gemma-4's processor is made buildable
   (``gemma4_processor``), so the multimodal production class serves on CPU too.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 PLUGIN_NAME = "dflash_serve"  # the entry point's name (VLLM_PLUGINS, when set, must list it)
 DRAFT_ARCHITECTURE = "DFlashDraftModel"
+GEMMA4_MM_ARCHITECTURE = "Gemma4ForConditionalGeneration"
 
 
 def register() -> None:
@@ -26,6 +29,9 @@ def register() -> None:
     gemma4_processor.install()
     # A "module:Class" string keeps torch and vLLM's model code out of processes that never build a model.
     ModelRegistry.register_model(DRAFT_ARCHITECTURE, "vllm_plugins.zlab_dflash:ZLabDFlashQwen3ForCausalLM")
+    ModelRegistry.register_model(
+        GEMMA4_MM_ARCHITECTURE, "vllm_plugins.gemma4_placeholders:Gemma4ForConditionalGeneration"
+    )
 
 
 def is_installed() -> bool:
