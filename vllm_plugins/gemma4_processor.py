@@ -26,7 +26,8 @@ import sys
 import types
 from typing import Any
 
-logger = logging.getLogger(__name__)
+# Under vLLM's logger, so its handlers print these lines in every engine process (INFO, as vLLM logs).
+logger = logging.getLogger(f"vllm.{__name__}")
 
 _IMAGE_MODULE = "transformers.models.gemma4.image_processing_gemma4"
 _PIL_MODULE = "transformers.models.gemma4.image_processing_pil_gemma4"

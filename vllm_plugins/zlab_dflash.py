@@ -30,7 +30,8 @@ from vllm.model_executor.models.qwen3_dflash import DFlashQwen3ForCausalLM, DFla
 
 from vllm_plugins.draft_semantics import DraftSemantics, mode_from_additional_config, resolve
 
-logger = logging.getLogger(__name__)
+# Under vLLM's logger, so its handlers print these lines in every engine process (INFO, as vLLM logs).
+logger = logging.getLogger(f"vllm.{__name__}")
 
 
 @functools.cache
