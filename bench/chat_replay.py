@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from tqdm import tqdm
 
 from bench.demo_pair import WHEEL
 from bench.machine import describe_machine
+from bench.prom import sample_total
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +53,11 @@ SYSTEM = (
 ) * 4  # ~200 tokens shared by every chat, as a deployment's system prompt is
 
 
-def _counter(text: str, name: str, model: str) -> float:
-    pattern = re.compile(rf'^{re.escape(name)}\{{[^}}]*model_name="{re.escape(model)}"[^}}]*\}} (\S+)$', re.M)
-    return sum(float(v) for v in pattern.findall(text))
-
-
 async def _counters(client: httpx.AsyncClient, model: str) -> tuple[float, float]:
     text = (await client.get("/metrics")).text
-    return _counter(text, "vllm:prefix_cache_hits_total", model), _counter(
-        text, "vllm:prefix_cache_queries_total", model
-    )
+    hits = sample_total(text, "vllm:prefix_cache_hits_total", model_name=model)
+    queries = sample_total(text, "vllm:prefix_cache_queries_total", model_name=model)
+    return hits or 0.0, queries or 0.0
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
