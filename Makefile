@@ -103,8 +103,10 @@ test: models bench-data
 	$(PY) -m pytest -v -p no:cacheprovider --durations=25 -m "not cluster" tests
 	$(PY) -m pytest -v -p no:cacheprovider --durations=5 -m cluster tests
 
+# The tiers mirror the code (tests/unit/<package>/...): unit starts no engine, no Redis, no training run;
+# integration runs one real part each (a vLLM engine, redis-server, a training step); e2e drives the app.
 test-unit: install bench-data
-	$(PY) -m pytest -v -p no:cacheprovider -m "not e2e" tests
+	$(PY) -m pytest -v -p no:cacheprovider --durations=10 tests/unit
 
 # The DFlash table through any endpoint (docs/benchmarks.md): make bench BENCH_ARGS="--base-url http://LB:8000 --model M"
 BENCH_ARGS ?=
@@ -139,12 +141,12 @@ lint: install
 # Routing policies on a simulated 64-replica cluster (docs/routing-simulator.md); --quick: 16, about a minute.
 ROUTING_SIM_ARGS ?=
 bench-routing-sim: install
-	$(PY) -m bench.routing_sim $(ROUTING_SIM_ARGS)
+	$(PY) -m sim.routing $(ROUTING_SIM_ARGS)
 
 # Autoscaling policies on simulated B300 replicas that start in minutes (docs/autoscaling.md); --quick: shorter traces.
 AUTOSCALING_SIM_ARGS ?=
 bench-autoscaling: install
-	$(PY) -m bench.autoscaling_sim $(AUTOSCALING_SIM_ARGS)
+	$(PY) -m sim.autoscaling $(AUTOSCALING_SIM_ARGS)
 
 # ----------------------------------------------------------------------------- the cluster (docs/deploy.md)
 CLUSTER ?= cluster.yaml

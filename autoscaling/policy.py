@@ -1,7 +1,7 @@
 """The SLO autoscaling decision: how many engine replicas the current and the coming load need.
 
 Pure arithmetic (no Ray, no I/O, no clock): Serve's controller calls it through
-:mod:`autoscaling.serve_policy`, the simulator in ``bench/autoscaling_sim`` calls it directly.
+:mod:`deployments.autoscaler`, the simulator in ``sim/autoscaling`` calls it directly.
 
 **How full is a replica.** Ongoing requests say little about an LLM replica's headroom, so each replica's
 *fill* (1.0 = as loaded as it should be) is the largest of
@@ -58,7 +58,7 @@ class ReplicaSignals:
 
 
 def signals_from_stats(stats: Mapping[str, float]) -> ReplicaSignals:
-    """Signals from an engine replica's stats record (``deployments.replica_stats``; keys absent: unknown)."""
+    """Signals from an engine replica's stats record (``deployments.engine.replica_stats``; keys absent: unknown)."""
     return ReplicaSignals(
         running=stats.get("num_running", 0.0),
         waiting=stats.get("num_waiting", 0.0),
@@ -73,7 +73,7 @@ def signals_from_stats(stats: Mapping[str, float]) -> ReplicaSignals:
 
 @dataclass(frozen=True, slots=True)
 class PolicyParams:
-    """The policy's settings, taken from :class:`serve_app.config.ReplicaConfig` by :func:`params_from_config`."""
+    """The policy's settings, taken from :class:`config.ReplicaConfig` by :func:`params_from_config`."""
 
     min_replicas: int
     max_replicas: int

@@ -35,8 +35,8 @@ from tqdm import tqdm
 from bench.chaos_load import LoadGenerator, LoadReport
 from bench.machine import describe_machine
 from bench.prom import sample_total
-from deployments import api_keys
-from serve_app.config import AdmissionConfig, AppConfig, AuthConfig
+from config import AdmissionConfig, AppConfig, AuthConfig
+from deployments.ingress import api_keys
 from tools.ports import free_port
 from tools.redis_server import RedisServer
 
@@ -60,7 +60,7 @@ class FaultResult:
 
 
 def chaos_config(redis_url: str, key: str) -> AppConfig:
-    from tests.conftest import AR_MODEL, e2e_config
+    from tools.e2e_app import AR_MODEL, e2e_config
 
     base = e2e_config(redis_url)
     ar = next(m for m in base.models if m.id == AR_MODEL)  # two replicas: a retry has somewhere to go
@@ -74,7 +74,7 @@ def chaos_config(redis_url: str, key: str) -> AppConfig:
 
 class Chaos:
     def __init__(self, base_url: str, config: AppConfig, redis_server: RedisServer, key: str, seconds: float) -> None:
-        from tests.conftest import AR_MODEL
+        from tools.e2e_app import AR_MODEL
 
         self.base_url = base_url
         self.config = config

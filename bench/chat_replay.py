@@ -108,7 +108,7 @@ def ideal_hits(log: list[dict[str, Any]], align: int) -> int:
 
 def _local_config(replicas: int) -> Any:
     """local.yaml (what ``make serve`` serves) with ``replicas`` engine replicas of its model."""
-    from serve_app.config import AppConfig
+    from config import AppConfig
 
     config = AppConfig.from_yaml(REPO_ROOT / "serve_app" / "configs" / "local.yaml")
     model = config.models[0]

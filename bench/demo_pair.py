@@ -59,9 +59,9 @@ def _engine(speculative: dict[str, Any] | None):  # noqa: ANN202 - a vllm.LLM
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    from deployments.engine_args import vllm_serve_argv
+    from config import AppConfig
+    from deployments.engine.engine_args import vllm_serve_argv
     from serve_app.build import localize
-    from serve_app.config import AppConfig
 
     model = localize(AppConfig.from_yaml("serve_app/configs/local.yaml").models[0])
     drafter = None if speculative is None else model.speculative.model_copy(update=speculative)

@@ -268,7 +268,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
 
 def _quick_app() -> Any:
     """local.yaml's demo pair plus its AR twin, in one app: both arms from one deployment."""
-    from serve_app.config import AppConfig
+    from config import AppConfig
 
     base = AppConfig.from_yaml("serve_app/configs/local.yaml")
     dflash = base.models[0]

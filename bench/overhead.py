@@ -44,18 +44,18 @@ RAY_SERVE_LLM_ANCHOR = {"bare_vllm_ttft_ms": 16.9, "ray_serve_llm_ttft_ms": 64.8
 SIDES = ("vllm", "dflash_serve")
 
 
-# vLLM's own OpenAI server, with the parser cache our engine replica installs (deployments/parser_cache.py):
+# vLLM's own OpenAI server, with the parser cache our engine replica installs (deployments/engine/parser_cache.py):
 # without it vLLM 0.32 rebuilds Gemma-4's reasoning/tool parsers for every chat request (seconds of CPU
 # each on a small machine), and the comparison would measure that fix instead of our layer's cost.
 _BARE_SERVER = (
-    "from deployments import parser_cache; parser_cache.install(); import runpy; "
+    "from deployments.engine import parser_cache; parser_cache.install(); import runpy; "
     "runpy.run_module('vllm.entrypoints.launchers.api_server.entry', run_name='__main__', alter_sys=True)"
 )
 
 
 def start_vllm(model: Any, port: int, log_path: Path, gpu: str | None) -> subprocess.Popen[bytes]:
     """vLLM's OpenAI server for ``model`` (our engine argv), in its own process group, on GPU ``gpu``."""
-    from deployments.engine_args import vllm_serve_argv
+    from deployments.engine.engine_args import vllm_serve_argv
 
     argv = [sys.executable, "-c", _BARE_SERVER, *vllm_serve_argv(model)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log"]
@@ -214,8 +214,8 @@ def main() -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.serve_gpus
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from config import AppConfig
     from serve_app.build import localize
-    from serve_app.config import AppConfig
     from tools.demo_pair import ensure_demo_pair
     from tools.ports import free_port
     from tools.serve import serving

@@ -25,15 +25,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 async def _measure(shared: bool, requests: int) -> dict[str, list[float]]:
-    from deployments.engine import EngineReplica
-    from deployments.parser_cache import install
+    from config import AppConfig
+    from deployments.engine.parser_cache import install
+    from deployments.engine.replica import EngineReplica
     from serve_app.build import localize
-    from serve_app.config import AppConfig
     from tools.demo_pair import ensure_demo_pair
 
     ensure_demo_pair()
     if not shared:  # EngineReplica installs the cache; make that a no-op for the baseline
-        import deployments.parser_cache as pc
+        import deployments.engine.parser_cache as pc
 
         pc._installed = True
     else:

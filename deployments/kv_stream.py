@@ -25,8 +25,8 @@ from collections.abc import Callable
 import redis
 import redis.asyncio as aioredis
 
+from config import KvStreamSettings
 from routing.events import KvEvent, ReplicaSnapshot, decode, encode
-from serve_app.config import KvStreamSettings
 
 logger = logging.getLogger(__name__)
 

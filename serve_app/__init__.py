@@ -1,12 +1,12 @@
 """dflash-serve application: the config model and the Serve application builder.
 
-The builder is imported lazily so that ``serve_app.config`` stays importable without Ray or vLLM
+The builder is imported lazily so that ``config`` stays importable without Ray or vLLM
 (tools and pure tests load configs without starting anything).
 """
 
 from typing import Any
 
-from serve_app.config import AppConfig, BuildArgs, ModelConfig
+from config import AppConfig, BuildArgs, ModelConfig
 
 __all__ = ["AppConfig", "BuildArgs", "ModelConfig", "build_app", "build_from_config"]
 

@@ -16,15 +16,15 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
-from autoscaling.settings import autoscaling_config, graceful_shutdown_timeout_s, max_ongoing_requests
-from deployments.engine import EngineReplica
-from deployments.ingress import Ingress
-from serve_app.config import AppConfig, BuildArgs, KvStreamSettings, ModelConfig
+from config import AppConfig, BuildArgs, KvStreamSettings, ModelConfig
+from deployments.engine.replica import EngineReplica
+from deployments.ingress.app import Ingress
 from serve_app.placement import replica_placement
+from serve_app.serve_options import autoscaling_config, graceful_shutdown_timeout_s, max_ongoing_requests
 
 logger = logging.getLogger(__name__)
 
-ROUTER_CLASS = "deployments.router:PolicyRequestRouter"
+ROUTER_CLASS = "deployments.router.request_router:PolicyRequestRouter"
 
 
 def _local_path(source: str) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.config import ModelConfig
+from config import ModelConfig
 
 # Ray turns ``accelerator_type: B300`` into a demand for this much of the node's ``accelerator_type:B300``
 # resource; the replica's bundle must hold it too, or Serve refuses the actor as not fitting its bundle.

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from tests.conftest import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 DASHBOARD = REPO_ROOT / "observability" / "grafana-dashboard.json"
 _NAME = re.compile(r"\b(vllm:[a-z0-9_]+|dflash_[a-z0-9_]+|ray_[a-z0-9_]+)")

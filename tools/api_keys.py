@@ -16,7 +16,7 @@ import time
 
 import redis
 
-from deployments import api_keys
+from deployments.ingress import api_keys
 
 
 def add(client: redis.Redis, app: str, name: str, rate: float | None = None, burst: int | None = None) -> str:

@@ -18,9 +18,10 @@ import logging
 import shutil
 from pathlib import Path
 
-from tools import gemma4_layout, tiny_models
-from tools.gemma4_layout import TOKENIZER_DIR, load_tokenizer, save_tokenizer, text_to_multimodal_keys
+from tools import tiny_models
 from tools.tiny_models import DEFAULT_OUT, REPO_ROOT, drafter_config, new_multimodal_target, save_target
+from training import gemma4_layout
+from training.gemma4_layout import TOKENIZER_DIR, load_tokenizer, save_tokenizer, text_to_multimodal_keys
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import psutil
 
-    from serve_app.config import AppConfig
+    from config import AppConfig
 
 logger = logging.getLogger("dflash_serve.serve")
 
@@ -64,7 +64,7 @@ def start_ray(num_cpus: int | None) -> None:
 
 def deploy(config_path: str, speculative: str | None, host: str, port: int) -> list[str]:
     """Start Serve and deploy the app; returns the served model ids once all replicas are ready."""
-    from serve_app.config import BuildArgs
+    from config import BuildArgs
 
     config = BuildArgs.model_validate({"config": config_path, "speculative": speculative}).resolve()
     return deploy_config(config, host, port)

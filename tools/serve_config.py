@@ -2,7 +2,7 @@
 
 ``serve deploy`` takes Ray's own config format; writing it by hand would be a second place where
 models and replicas are described. Instead it is generated: the AppConfig travels inline as the
-builder's ``args: {app: ...}`` (see :class:`serve_app.config.BuildArgs`), next to the cluster-level
+builder's ``args: {app: ...}`` (see :class:`config.BuildArgs`), next to the cluster-level
 settings only Serve knows (a proxy on every node for the load balancer, the HTTP port). Every field is
 written out, defaults included, so a changed default in code shows up as a diff to review, not silently::
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from serve_app.config import AppConfig, BuildArgs
+from config import AppConfig, BuildArgs
 
 IMPORT_PATH = "serve_app:build_app"
 HEADER = (

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tools.tiny_models import DrafterSpec, TargetSpec
+from training.specs import DrafterSpec, TargetSpec
 
 RMS_EPS = 1e-6
 ROPE_THETA = 1_000_000.0

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from tools.tiny_models import DrafterSpec, TargetSpec
 from training.dflash import DFlashDrafter, block_inputs, block_mask
+from training.specs import DrafterSpec, TargetSpec
 from training.target import VOCAB_SIZE, batches, cosine_lr, layer_outputs, optimizer_step, pad_right
 
 logger = logging.getLogger(__name__)

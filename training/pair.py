@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tools.tiny_models import REAL_LAYER_PATTERN, DrafterSpec, TargetSpec
+from training.specs import REAL_LAYER_PATTERN, DrafterSpec, TargetSpec
 
 TARGET_FILE, DRAFTER_FILE, META_FILE = "target.safetensors", "drafter.safetensors", "pair.json"
 EMBED_KEY = "model.embed_tokens.weight"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from tools.tiny_models import TargetSpec, target_config
+from training.specs import TargetSpec, target_config
 
 logger = logging.getLogger(__name__)
 

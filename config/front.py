@@ -1,0 +1,87 @@
+"""The HTTP front: the ingress, its per-model admission, API keys and rate limits."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from config.base import Strict
+
+
+class AuthConfig(Strict):
+    """API keys and per-key rate limits (docs/reliability.md).
+
+    Keys are stored as SHA-256 digests only: in this list, and (``redis_keys``) in the app's Redis, where
+    ``python -m tools.api_keys`` adds and revokes them. With no key source configured the endpoint is open.
+    """
+
+    api_key_sha256: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=list, description="Hex SHA-256 digests of the accepted API keys."
+    )
+    redis_keys: bool = Field(
+        False, description="Also accept the keys stored in the app's Redis (needs redis_url; tools.api_keys)."
+    )
+    key_cache_s: float = Field(
+        30,
+        ge=0,
+        description="How long an ingress replica trusts a Redis key it verified; a revoked key stops working "
+        "within this time.",
+    )
+    rate_limit_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Requests per second each key may send (a token bucket in Redis shared by every ingress "
+        "replica; needs redis_url). A key's own limit, set with tools.api_keys, overrides it. None: unlimited.",
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="Requests a key may send at once (the bucket's size).")
+    on_redis_error: Literal["open", "closed"] = Field(
+        "closed",
+        description="When Redis cannot be reached: closed answers 503 for requests that need it (a Redis key, a "
+        "rate limit); open admits them without their rate limit, accepting Redis keys this replica has already "
+        "verified (never an unknown key). Static keys work either way.",
+    )
+    protect_metrics: bool = Field(False, description="Require a key for /metrics too.")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether requests must carry a key."""
+        return bool(self.api_key_sha256) or self.redis_keys
+
+
+class AdmissionConfig(Strict):
+    """Per-model admission at each ingress replica: a bounded number in flight, a bounded queue behind them."""
+
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Requests of one model an ingress replica sends to its engines at once; None: what the "
+        "model's largest deployment takes (max_replicas x max_ongoing_requests).",
+    )
+    max_queued: int = Field(
+        256, ge=0, description="Requests of one model waiting for a slot; one more is answered 429 at once."
+    )
+    queue_timeout_s: float = Field(
+        30,
+        gt=0,
+        description="Longest a request waits for a slot before a 503 with Retry-After (also the wait for a "
+        "first replica of a model scaled to zero).",
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After (seconds) sent with 429 and 503 answers.")
+
+
+class IngressConfig(Strict):
+    """The OpenAI-compatible HTTP front."""
+
+    num_replicas: int = Field(1, ge=1, description="Ingress replicas (each routes on its own).")
+    num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per ingress replica.")
+    max_ongoing_requests: int = Field(1024, ge=1, description="Requests one ingress replica holds at once.")
+    request_timeout_s: float = Field(600, gt=0, description="Longest a request may take end to end.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    dispatch_retries: int = Field(
+        2,
+        ge=0,
+        description="Times a request is sent again, to another replica, when its replica died before the "
+        "first response byte (never for the client's own errors).",
+    )

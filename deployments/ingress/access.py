@@ -1,0 +1,133 @@
+"""Who may use the endpoint, and how fast: API key check and per-key rate limit, for the ingress.
+
+A key is accepted when its SHA-256 digest is in ``auth.api_key_sha256`` (no I/O) or, with
+``auth.redis_keys``, when Redis holds a record for it (``deployments.ingress.api_keys``; a verified key is
+trusted for ``auth.key_cache_s``). Each accepted key then takes a token from its bucket in Redis
+(``deployments.ingress.rate_limit``) when a rate limit applies to it.
+
+When Redis cannot be reached, ``auth.on_redis_error`` decides (docs/reliability.md):
+
+* ``closed`` — a request that needs Redis (a Redis key not in the cache, any rate-limited key) is
+  answered 503 with ``Retry-After``: nobody gets past a limit that cannot be checked;
+* ``open`` — such a request is admitted without its rate limit, and Redis keys this replica verified
+  before stay accepted; an unknown key is still refused. Availability over strictness.
+
+Keys are never logged: only digests (and only their first 8 hex digits) appear in log lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+
+import redis
+import redis.asyncio as aioredis
+
+from config import AuthConfig
+from deployments.ingress import api_keys
+from deployments.ingress.errors import ApiError
+from deployments.ingress.rate_limit import TokenBucket
+
+logger = logging.getLogger(__name__)
+
+_REDIS_TIMEOUT_S = 1.0
+_CACHE_ENTRIES = 10_000
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, or None."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    return None
+
+
+class Access:
+    """One per ingress replica. :meth:`check` raises :class:`ApiError` (401, 429 or 503) or returns."""
+
+    def __init__(self, auth: AuthConfig, redis_url: str | None, app_name: str) -> None:
+        self._auth = auth
+        self._static = frozenset(auth.api_key_sha256)
+        self._redis_url = redis_url
+        self._app = app_name
+        self._client: aioredis.Redis | None = None
+        self._bucket: TokenBucket | None = None
+        # digest -> (verified at, record): keys verified in Redis, newest last.
+        self._verified: OrderedDict[str, tuple[float, api_keys.KeyRecord]] = OrderedDict()
+
+    def _redis(self) -> tuple[aioredis.Redis, TokenBucket]:
+        # Made on first use, inside the replica's event loop that will use it.
+        if self._client is None or self._bucket is None:
+            assert self._redis_url is not None  # AppConfig requires it for redis_keys and rate limits
+            self._client = aioredis.Redis.from_url(
+                self._redis_url, socket_timeout=_REDIS_TIMEOUT_S, socket_connect_timeout=_REDIS_TIMEOUT_S
+            )
+            self._bucket = TokenBucket(self._client)
+        return self._client, self._bucket
+
+    async def check(self, authorization: str | None) -> None:
+        if not self._auth.enabled:
+            return
+        key = bearer_key(authorization)
+        if key is None:
+            raise _unauthorized()
+        key_digest = api_keys.digest(key)
+        record = None if key_digest in self._static else await self._redis_record(key_digest)
+        rate = (record and record.rate_per_s) or self._auth.rate_limit_per_s
+        if rate is None:
+            return
+        burst = (record and record.burst) or self._auth.rate_limit_burst
+        _, bucket = self._redis()
+        try:
+            wait_s = await bucket.take(api_keys.bucket_key(self._app, key_digest), rate, burst)
+        except redis.RedisError as exc:
+            self._redis_unavailable(exc, key_digest)
+            return
+        if wait_s is not None:
+            raise ApiError(
+                429,
+                f"Rate limit of {rate:g} requests/s (burst {burst}) exceeded for this API key; retry in {wait_s} s.",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(wait_s)},
+            )
+
+    async def _redis_record(self, key_digest: str) -> api_keys.KeyRecord:
+        if not self._auth.redis_keys:
+            raise _unauthorized()
+        cached = self._verified.get(key_digest)
+        if cached is not None and time.monotonic() - cached[0] < self._auth.key_cache_s:
+            return cached[1]
+        client, _ = self._redis()
+        try:
+            fields = await client.hgetall(api_keys.record_prefix(self._app) + key_digest)
+        except redis.RedisError as exc:
+            self._redis_unavailable(exc, key_digest)
+            if cached is None:  # fail-open still refuses a key it has never seen
+                raise _unauthorized() from exc
+            return cached[1]
+        if not fields:
+            self._verified.pop(key_digest, None)  # revoked
+            raise _unauthorized()
+        record = api_keys.KeyRecord.from_redis(fields)
+        self._verified[key_digest] = (time.monotonic(), record)
+        self._verified.move_to_end(key_digest)
+        while len(self._verified) > _CACHE_ENTRIES:
+            self._verified.popitem(last=False)
+        return record
+
+    def _redis_unavailable(self, exc: Exception, key_digest: str) -> None:
+        """Fail-closed raises 503; fail-open returns (the caller admits the request)."""
+        logger.warning(
+            "redis unreachable for key %s…: %r (on_redis_error=%s)", key_digest[:8], exc, self._auth.on_redis_error
+        )
+        if self._auth.on_redis_error == "closed":
+            raise ApiError(
+                503,
+                "Access control is unavailable right now; retry.",
+                code="auth_unavailable",
+                headers={"Retry-After": "1"},
+            ) from exc
+
+
+def _unauthorized() -> ApiError:
+    return ApiError(401, "Invalid or missing API key (send `Authorization: Bearer <key>`).", code="invalid_api_key")

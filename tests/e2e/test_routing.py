@@ -1,0 +1,57 @@
+"""Prefix-aware routing with two real replicas: a conversation's next turn goes where its KV cache is.
+
+Proof comes from the engines' own prefix-cache counters: after each second turn, the replica that
+served it must have found the first turn's prompt in its cache. With two replicas and a blind router,
+six conversations would all land right by chance once in 64 runs.
+"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.e2e.served import Served
+from tools.e2e_app import AR_MODEL
+
+pytestmark = pytest.mark.e2e
+
+TOPICS = ["sailing", "baking bread", "chess openings", "volcanoes", "jazz history", "beekeeping"]
+
+
+def _system(topic: str) -> str:
+    # Over 1,024 tokens: on vLLM's CPU backend the tiny Gemma-4's full-attention layers cache in 512-token
+    # pages (its hybrid KV layout pads page sizes), so shorter prompts cannot hit at all.
+    facts = " ".join(f"Fact {i} about {topic} is worth remembering in detail." for i in range(95))
+    return f"You are an expert on {topic}. {facts}"
+
+
+def _delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], key: str) -> dict[str, float]:
+    return {rid: after[rid][key] - before.get(rid, {}).get(key, 0.0) for rid in after}
+
+
+def test_second_turn_lands_on_the_replica_holding_the_first(served: Served):
+    client = openai.OpenAI(base_url=served.v1, api_key="unused", max_retries=0, timeout=300)
+    stats = served.replica_stats(AR_MODEL)
+    assert len(stats) == 2, "the routing tests need two replicas"
+    first_turn_replica: dict[str, str] = {}
+    for topic in TOPICS:
+        messages = [{"role": "system", "content": _system(topic)}, {"role": "user", "content": "Tell me one thing."}]
+        first = client.chat.completions.create(model=AR_MODEL, messages=messages, max_tokens=8, temperature=0)
+        after_first = served.replica_stats(AR_MODEL)
+        queried = _delta(stats, after_first, "prefix_cache_queries_total")
+        first_turn_replica[topic] = max(queried, key=queried.get)
+        messages += [
+            {"role": "assistant", "content": first.choices[0].message.content},
+            {"role": "user", "content": "And another?"},
+        ]
+        client.chat.completions.create(model=AR_MODEL, messages=messages, max_tokens=8, temperature=0)
+        stats_after = served.replica_stats(AR_MODEL)
+        hits = _delta(after_first, stats_after, "prefix_cache_hits_total")
+        home = first_turn_replica[topic]
+        block = stats_after[home]["block_size"]
+        # The system prompt spans over ten blocks; only its replica can hit them. The other replica has
+        # seen other topics, which share less than one block with this one.
+        assert hits[home] >= 4 * block, (topic, hits, home)
+        assert all(h == 0 for rid, h in hits.items() if rid != home), (topic, hits, home)
+        stats = stats_after
+    assert len(set(first_turn_replica.values())) == 2, "new conversations were not spread over both replicas"

@@ -1,0 +1,141 @@
+"""API keys and per-key rate limits (deployments/ingress/access.py) against a real redis-server, outages included.
+
+The CLI (tools.api_keys) writes the keys; the ingress's Access reads them. Two Access objects on one
+Redis stand for two ingress replicas sharing each key's token bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from config import AuthConfig
+from deployments.ingress.access import Access
+from deployments.ingress.errors import ApiError
+from tools import api_keys as cli
+from tools.redis_server import RedisServer
+
+APP = "test-app"
+
+
+@pytest.fixture()
+def server() -> Iterator[RedisServer]:
+    s = RedisServer()
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(autouse=True)
+def _one_loop() -> Iterator[None]:
+    """Each Access keeps its Redis connections on the event loop that made them, as in a replica."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+def _run(coro):
+    return asyncio.get_event_loop().run_until_complete(coro)
+
+
+def _status(access: Access, key: str | None) -> int:
+    try:
+        _run(access.check(None if key is None else f"Bearer {key}"))
+    except ApiError as err:
+        return err.status
+    return 200
+
+
+def _fresh(auth: AuthConfig, url: str | None) -> Access:
+    return Access(auth, url, APP)
+
+
+def test_static_keys_without_redis():
+    auth = AuthConfig(api_key_sha256=[hashlib.sha256(b"sk-good").hexdigest()])
+    access = _fresh(auth, None)
+    assert _status(access, "sk-good") == 200
+    assert _status(access, "sk-bad") == 401
+    assert _status(access, None) == 401
+    assert _status(_fresh(AuthConfig(), None), None) == 200  # no key source: open
+
+
+def test_cli_adds_lists_and_revokes_keys_stored_hashed(server: RedisServer, capsys: pytest.CaptureFixture[str]):
+    assert cli.main(["--redis", server.url, "--app", APP, "add", "alice", "--rate", "2", "--burst", "3"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert key.startswith("sk-dflash-")
+    client = redis.Redis.from_url(server.url)
+    dump = b"".join(k + b"".join(client.hgetall(k).values()) for k in client.scan_iter())
+    assert key.encode() not in dump and hashlib.sha256(key.encode()).hexdigest().encode() in dump
+
+    access = _fresh(AuthConfig(redis_keys=True, key_cache_s=0), server.url)
+    assert _status(access, key) == 200
+    assert _status(access, "sk-dflash-guess") == 401
+    cli.main(["--redis", server.url, "--app", APP, "list"])
+    listing = capsys.readouterr().out
+    assert "alice" in listing and key not in listing and "rate=2.0" in listing
+    assert cli.main(["--redis", server.url, "--app", APP, "revoke", "alice"]) == 0
+    assert _status(access, key) == 401  # key_cache_s=0: revocation is immediate
+    assert cli.main(["--redis", server.url, "--app", APP, "revoke", "alice"]) == 1
+
+
+def test_token_bucket_is_shared_between_replicas_and_says_when_to_retry(server: RedisServer):
+    key = cli.add(redis.Redis.from_url(server.url), APP, "bob", rate=0.5, burst=3)
+    auth = AuthConfig(redis_keys=True)
+    one, two = _fresh(auth, server.url), _fresh(auth, server.url)
+
+    async def burst() -> list[int | str]:
+        out: list[int | str] = []
+        for access in (one, two, one, two):
+            try:
+                await access.check(f"Bearer {key}")
+                out.append(200)
+            except ApiError as err:
+                out.append(err.status)
+                out.append(err.headers["Retry-After"])
+        return out
+
+    # Three tokens in the bucket, whichever replica takes them; the fourth waits for the refill (0.5/s).
+    assert _run(burst()) == [200, 200, 200, 429, "2"]
+
+
+def test_default_rate_limit_applies_to_static_keys(server: RedisServer):
+    auth = AuthConfig(api_key_sha256=[hashlib.sha256(b"sk-static").hexdigest()], rate_limit_per_s=1, rate_limit_burst=1)
+    access = _fresh(auth, server.url)
+    assert [_status(access, "sk-static") for _ in range(2)] == [200, 429]
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_redis_outage_follows_the_configured_fail_mode(server: RedisServer, mode: str):
+    key = cli.add(redis.Redis.from_url(server.url), APP, "carol")
+    static = "sk-static"
+    auth = AuthConfig(
+        api_key_sha256=[hashlib.sha256(static.encode()).hexdigest()],
+        redis_keys=True,
+        key_cache_s=0,
+        rate_limit_per_s=100,
+        on_redis_error=mode,
+    )
+    access = _fresh(auth, server.url)
+    assert _status(access, key) == 200  # verified once while Redis is up
+    other = cli.add(redis.Redis.from_url(server.url), APP, "dave")  # never seen by this replica
+    server.stop()
+    try:
+        if mode == "closed":
+            assert [_status(access, k) for k in (key, other, static)] == [503, 503, 503]
+        else:  # known keys in without their limit; an unknown key is never let in
+            assert [_status(access, k) for k in (key, other, static)] == [200, 401, 200]
+        assert _status(access, "sk-wrong") == (503 if mode == "closed" else 401)
+    finally:
+        server.start()
+    # Back to normal once Redis answers. This one restarted empty (no persistence): its keys are gone.
+    assert [_status(access, k) for k in (static, key)] == [200, 401]

@@ -1,0 +1,69 @@
+"""The autoscaling simulator: Serve's controller semantics on the simulated clock, and a small end-to-end run."""
+
+from __future__ import annotations
+
+import math
+
+from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
+from ray.serve.config import AutoscalingConfig
+
+from sim.autoscaling.__main__ import summarize
+from sim.autoscaling.arms import arms, production_model, slo_of
+from sim.autoscaling.cluster import AutoscaledCluster, ClusterConfig
+from sim.autoscaling.serve_loop import ServeLoop
+from sim.autoscaling.traces import arrivals, bursty, diurnal
+
+
+def _tick(loop: ServeLoop, now: float, target: int, ongoing: float) -> int:
+    running = [f"r{i}" for i in range(target)]
+    return loop.tick(
+        now=now, target=target, running=running, total_num_requests=ongoing, total_queued_requests=0, metrics={}
+    )
+
+
+def test_serve_loop_applies_serve_delays_on_the_simulated_clock():
+    cfg = AutoscalingConfig(
+        min_replicas=1, max_replicas=8, target_ongoing_requests=10, upscale_delay_s=30, downscale_delay_s=300
+    )
+    loop = ServeLoop(replica_queue_length_autoscaling_policy, cfg)
+    assert _tick(loop, 0.0, 1, ongoing=40) == 1  # wants 4, waits upscale_delay_s
+    assert _tick(loop, 29.0, 1, ongoing=40) == 1
+    assert _tick(loop, 30.0, 1, ongoing=40) == 4
+    assert _tick(loop, 31.0, 4, ongoing=5) == 4  # wants 1, waits downscale_delay_s
+    assert _tick(loop, 331.0, 4, ongoing=5) == 1
+    assert _tick(loop, 332.0, 1, ongoing=1000) == 1  # bounded by max_replicas only after the delay
+    assert _tick(loop, 362.0, 1, ongoing=1000) == 8
+
+
+def test_serve_loop_cold_start_bypasses_delays():
+    cfg = AutoscalingConfig(min_replicas=0, max_replicas=4, target_ongoing_requests=10, upscale_delay_s=30)
+    loop = ServeLoop(replica_queue_length_autoscaling_policy, cfg)
+    assert _tick(loop, 0.0, 0, ongoing=1) == 1
+
+
+def test_traces_follow_their_rates():
+    import random
+
+    burst = bursty(quiet_rps=1.0, factor=10, quiet_s=600, burst_s=600)
+    times = arrivals(burst, random.Random(0))
+    quiet = sum(1 for t in times if t < 600)
+    peak = sum(1 for t in times if 660 <= t < 1200)
+    assert 500 < quiet < 700 and 4900 < peak < 5900
+    day = diurnal(low_rps=1, high_rps=5, period_s=3600)
+    assert day.rate(0) == 1 and math.isclose(day.rate(1800), 5)
+
+
+def test_small_run_scales_up_and_back_and_drops_nothing():
+    model = production_model(max_replicas=4)
+    ttft_s, tpot_s = slo_of(model)
+    trace = bursty(quiet_rps=0.5, factor=10, quiet_s=300, burst_s=300)
+    config = ClusterConfig(start_s_range=(60.0, 90.0))
+    for arm in arms(model)[:2]:  # ours and one default
+        run = AutoscaledCluster(trace, arm.loop(), config).run()
+        row = summarize(run, trace, ttft_s, tpot_s)
+        targets = [t for _, t, _, _ in run.timeline]
+        assert all(1 <= t <= 4 for t in targets), arm.name
+        assert max(targets) > 1 and targets[-1] < max(targets), arm.name  # up for the burst, down after
+        assert row["dropped_at_downscale"] == 0
+        assert all(math.isfinite(j.done_s) for j in run.jobs)
+        assert 0 < row["slo_attainment"] <= 1 and row["replica_hours"] > 0
