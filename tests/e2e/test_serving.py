@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from deployments.ingress.validation import validated_request
 from tests.e2e.served import Served
 from tools.e2e_app import AR_MODEL, DFLASH_MODEL
 
@@ -80,6 +81,24 @@ def test_completions_stream_equals_non_stream(served: Served):
     streamed = "".join(c.choices[0].text for c in client.completions.create(**kwargs, stream=True) if c.choices)
     assert streamed == full.choices[0].text
     assert full.usage.completion_tokens == 24
+
+
+@pytest.mark.parametrize("extra", [{}, {"logprobs": 1}], ids=["echo", "echo-logprobs"])
+def test_completions_echo_answers_as_vllm_does(served: Served, extra: dict):
+    """With ``echo`` the answer is vLLM's own to the request as sent: the prompt echoed as the client wrote
+    it, not the token ids the ingress renders for routing (decoded, those would start with BOS)."""
+    body = {"model": AR_MODEL, "prompt": "Once upon a time", "echo": True, "max_tokens": 4, "temperature": 0} | extra
+    through_ingress = httpx.post(served.v1 + "/completions", json=body, timeout=120)
+    assert through_ingress.status_code == 200, through_ingress.text
+    # The same request straight to an engine replica, validated as the ingress validates it, ids not forwarded.
+    engine = served.engine_handle(AR_MODEL).options(stream=True)
+    replies = list(engine.completions.remote(validated_request("completions", dict(body))))
+    assert [(kind, status) for kind, status, _ in replies] == [("json", 200)]
+    ours, vllms = through_ingress.json(), json.loads(json.dumps(replies[0][2]))  # as JSON, like the ingress's
+    assert ours["choices"][0]["text"].startswith(body["prompt"])
+    assert (ours["choices"][0]["logprobs"] is None) == ("logprobs" not in extra)
+    unique = ("id", "created")
+    assert {k: v for k, v in ours.items() if k not in unique} == {k: v for k, v in vllms.items() if k not in unique}
 
 
 def test_thinking_mode_and_parameters(served: Served):

@@ -1,26 +1,95 @@
-"""The ingress hands the engine replica a request that pickles (found by tests/e2e/test_fuzz.py)."""
+"""Request checks (deployments/ingress/validation.py): bad input is the client's 400, and the request pickles.
+
+The pickling case was found by tests/e2e/test_fuzz.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 
 import pytest
+from starlette.requests import Request
 
-from deployments.ingress.app import Ingress, _materialized, _protocol
 from deployments.ingress.errors import ApiError
+from deployments.ingress.validation import (
+    materialized,
+    parse_json,
+    protocol,
+    read_json_body,
+    requested_model,
+    unknown_model,
+    validated_request,
+)
+
+
+def _request(body: bytes, headers: dict[str, str] | None = None) -> Request:
+    """A Starlette request whose body arrives in two chunks."""
+    chunks = [body[: len(body) // 2], body[len(body) // 2 :]]
+
+    async def receive() -> dict:
+        chunk = chunks.pop(0) if chunks else b""
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    raw_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return Request({"type": "http", "method": "POST", "headers": raw_headers}, receive)
+
+
+def _status(call) -> tuple[int, str | None]:
+    with pytest.raises(ApiError) as err:
+        call()
+    return err.value.status, err.value.code
 
 
 def test_content_part_iterables_become_lists_that_pickle():
     messages = [{"role": "system", "content": []}, {"role": "user", "content": "hi"}]
     body = {"model": "m", "max_tokens": 3, "messages": messages}
-    req = _protocol("chat").model_validate(body)
+    req = protocol("chat").model_validate(body)
     with pytest.raises(TypeError):
         pickle.dumps(req)  # pydantic's lazy ValidatorIterator: why the ingress materializes
-    assert pickle.loads(pickle.dumps(_materialized(req))).messages[0]["content"] == []
+    assert pickle.loads(pickle.dumps(materialized(req))).messages[0]["content"] == []
 
 
 def test_fields_that_crash_vllms_validators_are_client_errors():
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "structured_outputs": True}
-    with pytest.raises(ApiError) as err:
-        Ingress._validate(None, "chat", body)  # type: ignore[arg-type]
-    assert err.value.status == 400
+    assert _status(lambda: validated_request("chat", body)) == (400, None)
+
+
+def test_bad_roles_and_empty_messages_are_refused_before_vllm():
+    assert _status(lambda: validated_request("chat", {"model": "m", "messages": []})) == (400, "invalid_messages")
+    wizard = {"model": "m", "messages": [{"role": "wizard", "content": "x"}]}
+    assert _status(lambda: validated_request("chat", wizard)) == (400, "invalid_role")
+
+
+def test_client_kv_transfer_params_are_dropped():
+    body = {"model": "m", "prompt": "hi", "kv_transfer_params": {"prompt_token_ids": [1, 2]}}
+    req = validated_request("completions", body)
+    assert req.prompt == "hi" and req.kv_transfer_params is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [(b"\xff\xfe{}", "invalid_encoding"), (b"{not json", "invalid_json"), (b"[1]", "invalid_json")],
+)
+def test_bodies_that_are_not_a_json_object(raw: bytes, code: str):
+    assert _status(lambda: parse_json(raw)) == (400, code)
+
+
+def test_nan_is_not_json():
+    assert _status(lambda: parse_json(b'{"temperature": NaN}')) == (400, "invalid_json")
+
+
+def test_body_size_limit_by_declared_length_and_by_stream():
+    body = b'{"model": "' + b"x" * 100 + b'"}'
+    assert asyncio.run(read_json_body(_request(body), limit=len(body))) == {"model": "x" * 100}
+    declared = _request(body, {"content-length": str(len(body))})
+    assert _status(lambda: asyncio.run(read_json_body(declared, limit=10))) == (413, "body_too_large")
+    assert _status(lambda: asyncio.run(read_json_body(_request(body), limit=10))) == (413, "body_too_large")
+
+
+def test_model_must_be_named_and_served():
+    assert _status(lambda: requested_model({"model": ""})) == (400, "missing_model")
+    assert requested_model({"model": "m"}) == "m"
+    err = unknown_model("nope", {"b": 1, "a": 2})
+    assert (err.status, err.code, err.param) == (404, "model_not_found", "model")
+    assert "['a', 'b']" in err.message

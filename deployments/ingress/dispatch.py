@@ -1,0 +1,146 @@
+"""Sending an admitted request to its model's engine deployment, and relaying the answer to the client.
+
+The engine replica answers with a stream of ``(kind, status, payload)`` replies
+(:mod:`deployments.engine.replica`). Until the first reply arrives nothing has reached the client,
+so a replica that died is retried on another (with backoff, within the request timeout); after it,
+a streamed answer is relayed chunk by chunk the moment each arrives, and a replica lost mid-stream
+ends the stream with an error event instead of a hung connection. Everything per request that this
+needs travels in one :class:`RequestContext`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from config import IngressConfig
+from contracts.engine_report import RoutingHint
+from deployments.ingress.admission import Slot
+from deployments.ingress.errors import ApiError, error_body
+from deployments.ingress.ingress_metrics import IngressMetrics
+from deployments.ingress.validation import ENDPOINTS
+
+logger = logging.getLogger(__name__)
+
+_DONE = "data: [DONE]\n\n"
+_RETRY_BACKOFF_S = 0.5  # doubled at each retry of a request whose replica died
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """One admitted generation request: what it is, for which model, since when, and its admission slot."""
+
+    kind: str  # "chat" | "completions": the engine method it calls
+    model_id: str
+    request_id: str
+    start: float  # arrival at the ingress, on time.perf_counter()
+    slot: Slot  # released once the answer is complete (a stream's when it ends)
+
+    @property
+    def endpoint(self) -> str:
+        """The route it came in on, as the metrics label it."""
+        return ENDPOINTS[self.kind]
+
+
+def replica_died(exc: BaseException) -> bool:
+    """Whether a failure is the replica's death (its actor, or its engine core), not the request's fault."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import ReplicaUnavailableError
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return isinstance(exc, RayActorError | ReplicaUnavailableError | EngineDeadError)
+
+
+class Dispatcher:
+    """Dispatch to the engine deployments of one ingress replica, with its timeout, retries and metrics."""
+
+    def __init__(self, engines: dict[str, DeploymentHandle], ingress: IngressConfig, metrics: IngressMetrics) -> None:
+        self._engines = engines
+        self._timeout = ingress.request_timeout_s
+        self._retries = ingress.dispatch_retries
+        self._metrics = metrics
+
+    async def dispatch(self, ctx: RequestContext, req: Any, hint: RoutingHint) -> Response:
+        """The HTTP response to ``req``: the engine's JSON, or a stream relaying its events."""
+        gen, (reply_kind, status, payload) = await self._first_reply(ctx, req, hint)
+        if reply_kind == "error":  # vLLM's error, re-shaped so that every error has the same types
+            err = payload.get("error", {})
+            raise ApiError(status, str(err.get("message", "The request failed.")), param=err.get("param"))
+        # A non-streamed answer's first byte is its whole body: observed too, so the dashboard's
+        # time-to-first-byte covers every successful request, streamed or not.
+        self._metrics.ttft.labels(ctx.model_id, ctx.endpoint).observe(time.perf_counter() - ctx.start)
+        if reply_kind == "json":
+            return JSONResponse(payload, status_code=status)
+        return StreamingResponse(
+            self._relay(payload, gen, ctx),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _first_reply(
+        self, ctx: RequestContext, req: Any, hint: RoutingHint
+    ) -> tuple[DeploymentResponseGenerator, tuple[str, int, Any]]:
+        """The engine call's generator and its first reply; a replica's death before it is retried."""
+        handle = self._engines[ctx.model_id].options(stream=True)
+        attempt = 0
+        while True:
+            gen: DeploymentResponseGenerator = getattr(handle, ctx.kind).remote(req, routing=hint)
+            left = self._timeout - (time.perf_counter() - ctx.start)
+            try:
+                return gen, await asyncio.wait_for(gen.__anext__(), timeout=max(left, 0.001))
+            except TimeoutError as exc:
+                gen.cancel()
+                raise ApiError(504, f"No response from the model within {self._timeout:g} s.", code="timeout") from exc
+            except StopAsyncIteration as exc:
+                raise ApiError(503, "The model replica ended the request without an answer; retry.") from exc
+            except Exception as exc:
+                retry_in = _RETRY_BACKOFF_S * 2**attempt
+                if attempt < self._retries and replica_died(exc) and left > retry_in:
+                    # Nothing reached the client yet and the engine never saw a client error: send it
+                    # again. The router drops a dead actor at once; a dead engine core fails its health
+                    # check within the period, so the backoff gives Serve time to take it out.
+                    logger.warning(
+                        "request %s: replica of %s died before the first byte (%r); retrying",
+                        ctx.request_id,
+                        ctx.model_id,
+                        exc,
+                    )
+                    self._metrics.retries.labels(ctx.model_id).inc()
+                    await asyncio.sleep(retry_in)
+                    attempt += 1
+                    continue
+                logger.warning("request %s to %s failed before its first byte: %r", ctx.request_id, ctx.model_id, exc)
+                raise ApiError(
+                    503,
+                    "The model is unavailable right now; retry.",
+                    code="replica_unavailable",
+                    headers={"Retry-After": "1"},
+                ) from exc
+
+    async def _relay(self, first: str, gen: DeploymentResponseGenerator, ctx: RequestContext) -> AsyncIterator[str]:
+        """Forward SSE chunks as they come; a replica lost mid-stream ends the stream cleanly."""
+        status = 200
+        try:
+            yield first
+            async for _, _, chunk in gen:
+                yield chunk
+        except Exception as exc:  # noqa: BLE001 - the replica died under a running stream
+            status = 503
+            logger.warning("stream %s from %s broke: %r", ctx.request_id, ctx.model_id, exc)
+            err = error_body(
+                503, "The model replica failed while streaming; the response is incomplete.", code="replica_failed"
+            )
+            yield f"data: {json.dumps(err)}\n\n"
+            yield _DONE
+        finally:
+            gen.cancel()  # no-op when finished; aborts the engine request when the client left
+            ctx.slot.release()
+            self._metrics.observe(ctx.model_id, ctx.endpoint, status, ctx.start)

@@ -1,0 +1,149 @@
+"""What the ingress checks before a generation request goes anywhere: size, JSON, model, messages, schema.
+
+Every check raises :class:`ApiError` with the client's 4xx, so a malformed request is answered at the
+front and never reaches (or fails in) an engine replica. The schema is vLLM's own protocol models,
+so the ingress accepts exactly what ``vllm serve`` accepts; the result is the vLLM request object the
+engine replica is handed, made picklable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from starlette.requests import Request
+
+from deployments.ingress.errors import ApiError, from_validation_error
+
+logger = logging.getLogger(__name__)
+
+ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}  # request kind -> route
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object, refused with 413 as soon as it is known to exceed ``limit`` bytes.
+
+    The declared length is checked first and the stream is counted as it arrives, so an oversized
+    body is never held in memory whole.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"Request body of {declared} bytes exceeds the {limit}-byte limit.", code="body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"Request body exceeds the {limit}-byte limit.", code="body_too_large")
+        chunks.append(chunk)
+    return parse_json(b"".join(chunks))
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object; ``NaN`` and ``Infinity``, which Python's parser takes but JSON has not, are refused."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"Request body is not valid UTF-8 (byte {exc.start}).", code="invalid_encoding") from exc
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise ApiError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def requested_model(body: dict[str, Any]) -> str:
+    """The body's ``model``: every generation request must name one."""
+    model_id = body.get("model")
+    if not isinstance(model_id, str) or not model_id:
+        raise ApiError(400, "You must provide a `model` parameter.", param="model", code="missing_model")
+    return model_id
+
+
+def unknown_model(model_id: Any, available: Iterable[str]) -> ApiError:
+    """The 404 for a model this app does not serve, listing those it does."""
+    return ApiError(
+        404,
+        f"The model `{model_id}` does not exist. Available models: {sorted(available)}.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def check_messages(messages: Any) -> None:
+    """OpenAI's rules for ``messages`` that vLLM leaves to the chat template (it accepts any role)."""
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "`messages` must be a non-empty list.", param="messages", code="invalid_messages")
+    for i, msg in enumerate(messages):
+        role = msg.get("role") if isinstance(msg, dict) else None
+        if role not in CHAT_ROLES:
+            raise ApiError(
+                400,
+                f"Invalid role {role!r} in messages[{i}]; expected one of {sorted(CHAT_ROLES)}.",
+                param=f"messages.{i}.role",
+                code="invalid_role",
+            )
+
+
+def protocol(kind: str) -> type:
+    """vLLM's request model for ``kind`` ("chat" or "completions"), imported on first use (vLLM is heavy)."""
+    if kind == "chat":
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+        return ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    return CompletionRequest
+
+
+def materialized(req: Any) -> Any:
+    """``req`` with its messages' lazily validated iterables made lists.
+
+    pydantic validates ``Iterable[...]`` fields (a message's content parts, an assistant's tool calls)
+    lazily, leaving a ``ValidatorIterator`` that cannot be pickled to the engine replica; iterating here
+    also validates the parts, so a bad one is the client's 400, not the replica's failure.
+    """
+    for msg in getattr(req, "messages", None) or ():
+        if isinstance(msg, dict):
+            for key, value in msg.items():
+                if not isinstance(value, str | bytes | list | dict | int | float | None) and hasattr(value, "__iter__"):
+                    msg[key] = list(value)
+    return req
+
+
+def parsed_request(kind: str, body: dict[str, Any]) -> Any:
+    """The request the ingress sends on: vLLM's protocol model of ``body``, made picklable."""
+    return materialized(protocol(kind).model_validate(body))
+
+
+def validated_request(kind: str, body: dict[str, Any]) -> Any:
+    """:func:`parsed_request` of ``body``, with every way it can fail on client input turned into a 400.
+
+    A client's ``kv_transfer_params`` are dropped first: there is no disaggregated prefill here, and
+    the ingress itself uses the field to hand a chat's prompt token ids to the engine.
+    """
+    from pydantic import ValidationError
+    from vllm.exceptions import VLLMClientError
+
+    if body.pop("kv_transfer_params", None) is not None:
+        logger.debug("client kv_transfer_params ignored: no disaggregated prefill here")
+    if kind == "chat":
+        check_messages(body.get("messages"))
+    try:
+        return parsed_request(kind, body)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from exc
+    except VLLMClientError as exc:  # vLLM's own validators raise these past pydantic
+        raise ApiError(400, f"Invalid request: {exc}", param=getattr(exc, "parameter", None)) from exc
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        # Some of vLLM's `mode="before"` validators assume a field's type before pydantic checks it
+        # (e.g. `structured_outputs: true` raises AttributeError): still the client's malformed input.
+        raise ApiError(400, f"Invalid request: {type(exc).__name__}: {exc}") from exc
