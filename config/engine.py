@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from config.base import Strict
+from config.engine_validation import check_drafter_block
 from vllm_plugins.draft_semantics import DraftSemanticsMode
 
 
@@ -16,7 +17,12 @@ class SpeculativeConfig(Strict):
     method: Literal["dflash"] = Field("dflash", description="Speculative method passed to vLLM.")
     draft_model: str = Field(description="Drafter source: Hugging Face id or local directory.")
     num_speculative_tokens: int = Field(
-        15, ge=1, le=63, description="Tokens drafted per step; at most the drafter's block size - 1."
+        15,
+        ge=1,
+        le=63,
+        description="Tokens drafted per step; at most the drafter's block size - 1 (a DFlash block's first "
+        "position is the last verified token). Checked at load against a local drafter's config.json; a Hugging "
+        "Face drafter is not checked (nothing local to read, and vLLM 0.32 does not bound a DFlash K either).",
     )
     attention_backend: str | None = Field(
         None,
@@ -30,6 +36,12 @@ class SpeculativeConfig(Strict):
         "already applies them; zlab also refuses to start an engine where the plugin is not installed; vllm runs "
         "stock vLLM's draft forward (for A/B measurements).",
     )
+
+    @model_validator(mode="after")
+    def _fits_drafter_block(self) -> SpeculativeConfig:
+        """A K past a local drafter's block is found here, not after a GPU node has started."""
+        check_drafter_block(self)
+        return self
 
 
 class EngineConfig(Strict):
@@ -79,5 +91,7 @@ class EngineConfig(Strict):
     tool_call_parser: str | None = Field("gemma4", description="vLLM tool-call parser; None disables tools.")
     extra_engine_args: dict[str, Any] = Field(
         default_factory=dict,
-        description="Any other vLLM AsyncEngineArgs field, checked against vLLM's own fields at startup.",
+        description="Any other `vllm serve` option, by name (e.g. max_logprobs). Each goes through vLLM's own "
+        "parser when the config loads: an unknown name, a bad value or an option the config sets itself is "
+        "rejected there (config/engine_validation.py).",
     )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from config import ModelConfig
-from deployments.engine.engine_args import speculative_config, vllm_serve_argv
+from config.vllm_args import speculative_config
+from deployments.engine.engine_args import vllm_serve_argv
 
 
 def _model(**kw: object) -> ModelConfig:
@@ -70,15 +69,3 @@ def test_ar_baseline_has_no_speculative_config():
     assert speculative_config(model) is None
     argv = vllm_serve_argv(model)
     assert "--speculative-config" not in argv and "--additional-config" not in argv
-
-
-def test_unknown_extra_engine_arg_fails_in_vllm_parser():
-    model = _model(engine={"extra_engine_args": {"no_such_vllm_option": 1}})
-    with pytest.raises(SystemExit):
-        _parse(vllm_serve_argv(model))
-
-
-def test_extra_engine_args_cannot_shadow_typed_fields():
-    model = _model(engine={"extra_engine_args": {"max_num_seqs": 3}})
-    with pytest.raises(ValueError, match="max_num_seqs"):
-        vllm_serve_argv(model)
