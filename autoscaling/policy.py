@@ -36,9 +36,14 @@ slower batches, so the same arrivals hold more requests in flight. The last repl
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from contracts.engine_report import ReplicaReport
 
 _EPS = 1e-9
 
@@ -57,37 +62,77 @@ class ReplicaSignals:
     acceptance_length: float | None = None  # DFlash's recent mean tokens per draft-and-verify step
 
 
-def signals_from_stats(stats: Mapping[str, float]) -> ReplicaSignals:
-    """Signals from an engine replica's stats record (``deployments.engine.replica_stats``; keys absent: unknown)."""
+def signals_from_report(report: ReplicaReport | None) -> ReplicaSignals:
+    """The signals in an engine replica's report; None (it has not reported yet): nothing measured."""
+    if report is None:
+        return ReplicaSignals()
     return ReplicaSignals(
-        running=stats.get("num_running", 0.0),
-        waiting=stats.get("num_waiting", 0.0),
-        kv_cache_usage=stats.get("kv_cache_usage", 0.0),
-        ttft_p90_s=stats.get("ttft_p90_s"),
-        tpot_p90_s=stats.get("tpot_p90_s"),
-        tokens_per_s=stats.get("generation_tokens_per_s", 0.0),
-        finished_per_s=stats.get("finished_requests_per_s", 0.0),
-        acceptance_length=stats.get("recent_acceptance_length"),
+        running=report.num_running,
+        waiting=report.num_waiting,
+        kv_cache_usage=report.kv_cache_usage,
+        ttft_p90_s=report.ttft_p90_s,
+        tpot_p90_s=report.tpot_p90_s,
+        tokens_per_s=report.generation_tokens_per_s,
+        finished_per_s=report.finished_requests_per_s,
+        acceptance_length=report.recent_acceptance_length,
     )
 
 
-@dataclass(frozen=True, slots=True)
+@pydantic_dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
+class SloParams:
+    """The latency objective the policy holds and its tunables; their one definition (``replicas.autoscaling.slo``
+    in the app's YAML files embeds this class)."""
+
+    ttft_p90_s: float = Field(2.0, gt=0, description="Objective: time to first token, 90th percentile, in seconds.")
+    tpot_p90_s: float = Field(
+        0.05,
+        gt=0,
+        description="Objective: time per output token after the first (decode latency), 90th percentile, seconds.",
+    )
+
+    kv_cache_target: float = Field(
+        0.85, gt=0, le=1, description="KV cache usage counted as a full replica (above it vLLM preempts)."
+    )
+    replica_start_s: float = Field(
+        240,
+        ge=0,
+        description="Expected time from asking for a replica to its serving (node, weights, CUDA graphs): the "
+        "policy provisions for the load it projects this far ahead.",
+    )
+    max_lookahead_factor: float = Field(
+        2.0, ge=1, description="Cap on the projected load as a multiple of the current one (a spike is not a trend)."
+    )
+    trend_half_life_s: float = Field(
+        30, gt=0, description="Half-life of the smoothing of the load's growth rate (noise vs reaction time)."
+    )
+    queue_drain_s: float = Field(
+        120,
+        gt=0,
+        description="Requests queued at the handles are provisioned for as if they must drain within this long "
+        "(shorter: more replicas after a burst, better latency, more GPU time).",
+    )
+    downscale_headroom: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Hysteresis: replicas are removed only while the rest would run at most this share of their "
+        "target fill, for the whole of downscale_delay_s.",
+    )
+    scale_to_zero_idle_s: float = Field(
+        600, ge=0, description="With min_replicas 0: how long a deployment must be idle before its last replica goes."
+    )
+
+
+@pydantic_dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
 class PolicyParams:
-    """The policy's settings, taken from :class:`config.ReplicaConfig` by :func:`params_from_config`."""
+    """What the policy runs with for one deployment: its bounds and batch (derived from the model's replica and
+    engine settings by ``serve_app/serve_options.py``) and its :class:`SloParams`."""
 
     min_replicas: int
     max_replicas: int
     target_batch: float  # max_num_seqs x target_fill: sequences a replica should run
-    ttft_p90_s: float
-    tpot_p90_s: float
-    kv_cache_target: float = 0.85
-    replica_start_s: float = 240.0
-    max_lookahead_factor: float = 2.0
-    trend_half_life_s: float = 30.0
-    queue_drain_s: float = 120.0
-    downscale_delay_s: float = 300.0
-    downscale_headroom: float = 0.8
-    scale_to_zero_idle_s: float = 600.0
+    downscale_delay_s: float
+    slo: SloParams = Field(default_factory=SloParams)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +182,9 @@ def replica_fill(s: ReplicaSignals, p: PolicyParams) -> tuple[float, str]:
     """How full one replica is (1.0: at target) and which signal says so."""
     terms = {
         "sequences": (s.running + s.waiting) / p.target_batch,
-        "kv": s.kv_cache_usage / p.kv_cache_target,
-        "ttft": min(LATENCY_FILL_CAP, (s.ttft_p90_s or 0.0) / p.ttft_p90_s),
-        "tpot": min(LATENCY_FILL_CAP, (s.tpot_p90_s or 0.0) / p.tpot_p90_s),
+        "kv": s.kv_cache_usage / p.slo.kv_cache_target,
+        "ttft": min(LATENCY_FILL_CAP, (s.ttft_p90_s or 0.0) / p.slo.ttft_p90_s),
+        "tpot": min(LATENCY_FILL_CAP, (s.tpot_p90_s or 0.0) / p.slo.tpot_p90_s),
     }
     if s.running + s.waiting <= 0:
         terms["ttft"] = terms["tpot"] = 0.0  # stale latency of an idle replica says nothing about its load
@@ -194,7 +239,7 @@ def _track(state: PolicyState, demand: float, now: float, p: PolicyParams) -> Po
     if state.at_s is None or now <= state.at_s:
         return replace(state, at_s=now, demand=demand if state.at_s is None else state.demand)
     dt = now - state.at_s
-    alpha = 1.0 - 0.5 ** (dt / p.trend_half_life_s)
+    alpha = 1.0 - 0.5 ** (dt / p.slo.trend_half_life_s)
     expected = state.demand + state.growth_per_s * dt
     level = expected + alpha * (demand - expected)
     growth = state.growth_per_s + alpha * ((level - state.demand) / dt - state.growth_per_s)
@@ -207,10 +252,10 @@ def project(needed: float, demand: float, growth_per_s: float, p: PolicyParams) 
     Growth below one target batch per replica start is treated as noise (a steady Poisson load's
     smoothed slope wanders that much); a surge is far above it.
     """
-    surge = growth_per_s - p.target_batch / p.replica_start_s if p.replica_start_s > 0 else 0.0
+    surge = growth_per_s - p.target_batch / p.slo.replica_start_s if p.slo.replica_start_s > 0 else 0.0
     if needed <= 0 or demand <= 0 or surge <= 0:
         return needed
-    factor = min(p.max_lookahead_factor, (demand + surge * p.replica_start_s) / demand)
+    factor = min(p.slo.max_lookahead_factor, (demand + surge * p.slo.replica_start_s) / demand)
     return needed * factor
 
 
@@ -227,7 +272,7 @@ def flow_needed(
     if mu is None:
         return None
     arrivals = sum(s.finished_per_s for s in replicas) + max(0.0, growth_per_s)
-    return arrivals / mu + queued / (mu * p.queue_drain_s)
+    return arrivals / mu + queued / (mu * p.slo.queue_drain_s)
 
 
 def _tau(s: ReplicaSignals) -> float:
@@ -302,7 +347,7 @@ def decide(
     state = _track(state, demand, now, p)
     # After a scale-down the remaining replicas run larger, slower batches, so the same arrivals hold
     # more requests in flight for a while: that growth is our own doing, not a surge.
-    settling = state.down_at_s is not None and now - state.down_at_s < p.replica_start_s
+    settling = state.down_at_s is not None and now - state.down_at_s < p.slo.replica_start_s
     state = learn_capacity(replicas, state, p)
     projected = needed if settling else project(needed, demand, state.growth_per_s, p)
     flow = flow_needed(replicas, queued, state.growth_per_s, p)
@@ -328,8 +373,8 @@ def decide(
 
     # Fewest replicas that would run at most downscale_headroom of their target fill; at least one while
     # anything is in flight or the deployment has not been idle long enough.
-    floor = 0 if idle_since is not None and now - idle_since >= p.scale_to_zero_idle_s - _EPS else 1
-    keep = max(floor, math.ceil(max(projected, token_needed(replicas, state)) / p.downscale_headroom - _EPS))
+    floor = 0 if idle_since is not None and now - idle_since >= p.slo.scale_to_zero_idle_s - _EPS else 1
+    keep = max(floor, math.ceil(max(projected, token_needed(replicas, state)) / p.slo.downscale_headroom - _EPS))
     if target < p.min_replicas:
         return done(p.min_replicas, "floor:min_replicas", replace(state, low_since_s=None))
     if keep >= target:

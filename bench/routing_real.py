@@ -84,7 +84,7 @@ def _app(arm: str, sizes: Sizes, redis_url: str | None) -> tuple[Any, Any]:
     from config import AppConfig
     from deployments.engine.replica import EngineReplica
     from deployments.ingress.app import Ingress
-    from serve_app.build import build_from_config, engine_options, ingress_options, localize
+    from serve_app.build import admission_limits, build_from_config, engine_options, ingress_options, localize
     from tools.tiny_models import ensure_models
 
     base = AppConfig.from_yaml("serve_app/configs/local.yaml")
@@ -119,7 +119,8 @@ def _app(arm: str, sizes: Sizes, redis_url: str | None) -> tuple[Any, Any]:
     }
     engine = serve.deployment(EngineReplica).options(**options).bind(model, None)
     config = config.model_copy(update={"models": [model]})
-    return serve.deployment(Ingress).options(**ingress_options(config)).bind(config, {model.id: engine}), config
+    ingress = serve.deployment(Ingress).options(**ingress_options(config))
+    return ingress.bind(config, {model.id: engine}, admission_limits(config)), config
 
 
 def _replica_stats(config: Any) -> dict[str, dict[str, float]]:

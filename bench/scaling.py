@@ -20,8 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from config import ReplicaConfig
-from routing.policies import PrefixPolicyConfig
+from sim.production import production_model
 from sim.routing.cluster import SimConfig, Simulation
 from sim.routing.engine import EngineModel
 from sim.routing.sweep import POLICY_SPECS, shared_prefix_workload
@@ -30,11 +29,11 @@ logger = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 0.95
-QUEUE_HEADROOM: float = ReplicaConfig.model_fields["queue_headroom"].default
+QUEUE_HEADROOM: float = production_model().replicas.queue_headroom
 
 
 def parse_arm(arm: str) -> tuple[str, float]:
-    """``policy`` or ``policy@queue_headroom`` (default: ReplicaConfig's)."""
+    """``policy`` or ``policy@queue_headroom`` (default: the production config's)."""
     policy, _, headroom = arm.partition("@")
     return policy, float(headroom) if headroom else QUEUE_HEADROOM
 
@@ -50,7 +49,7 @@ def run(sizes: list[int], per_replica_requests: int, load: float, arms: tuple[st
                 policy, headroom = parse_arm(arm)
                 spec = specs[policy]
                 config = SimConfig(replicas=n, engine=engine, load=load, precise=spec.precise, queue_headroom=headroom)
-                m = Simulation(workload, spec.make(engine, PrefixPolicyConfig()), config).run()
+                m = Simulation(workload, spec.make(engine, production_model().routing.prefix), config).run()
                 out["by_policy"].setdefault(arm, {})[str(n)] = {
                     "throughput_tps": m.throughput_tps,
                     "per_replica_tps": m.throughput_tps / n,
@@ -92,7 +91,9 @@ def main() -> None:
     parser.add_argument("--requests-per-replica", type=int, default=600)
     parser.add_argument("--load", type=float, default=2.0, help="offered load, x the cluster's cold capacity")
     parser.add_argument(
-        "--arms", default="prefix,prefix@1.0,pow2", help="policy[@queue_headroom], default headroom: ReplicaConfig's"
+        "--arms",
+        default="prefix,prefix@1.0,pow2",
+        help="policy[@queue_headroom] (default headroom: production's)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "scaling")
     args = parser.parse_args()

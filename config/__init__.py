@@ -12,7 +12,7 @@ from config.app import AppConfig, BuildArgs, KvStreamSettings
 from config.engine import EngineConfig, SpeculativeConfig
 from config.front import AdmissionConfig, AuthConfig, IngressConfig
 from config.model import ModelConfig
-from config.replicas import AutoscalingConfig, LatencySlo, ReplicaConfig
+from config.replicas import AutoscalingConfig, ReplicaConfig
 from config.routing import RoutingConfig
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "EngineConfig",
     "IngressConfig",
     "KvStreamSettings",
-    "LatencySlo",
     "ModelConfig",
     "ReplicaConfig",
     "RoutingConfig",

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from config.base import Strict, on_off
 from config.front import AuthConfig, IngressConfig
 from config.model import ModelConfig
+from contracts.redis_keys import RedisKeys
 
 
 class KvStreamSettings(Strict):
@@ -71,7 +72,7 @@ class AppConfig(Strict):
             return None
         return KvStreamSettings(
             redis_url=self.redis_url,
-            key_prefix=f"dflash:{self.name}:{model.id}",
+            key_prefix=RedisKeys(self.name).model_stream(model.id),
             maxlen=model.routing.events_maxlen,
             snapshot_period_s=model.routing.snapshot_period_s,
         )

@@ -6,16 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from autoscaling.policy import SloParams
 from config.base import Strict
-
-
-class LatencySlo(Strict):
-    """The latency objective the autoscaler holds (per request, at the 90th percentile)."""
-
-    ttft_p90_s: float = Field(2.0, gt=0, description="Time to first token, 90th percentile, in seconds.")
-    tpot_p90_s: float = Field(
-        0.05, gt=0, description="Time per output token after the first (decode latency), 90th percentile, seconds."
-    )
 
 
 class AutoscalingConfig(Strict):
@@ -26,37 +18,9 @@ class AutoscalingConfig(Strict):
         description="slo: autoscaling/policy.py, fed by the engines' queue, KV and latency reports; "
         "ongoing_requests: Serve's default (target_fill x max_num_seqs ongoing requests per replica).",
     )
-    slo: LatencySlo = Field(default_factory=LatencySlo)
-    kv_cache_target: float = Field(
-        0.85, gt=0, le=1, description="KV cache usage counted as a full replica (above it vLLM preempts)."
-    )
-    replica_start_s: float = Field(
-        240,
-        ge=0,
-        description="Expected time from asking for a replica to its serving (node, weights, CUDA graphs): the "
-        "policy provisions for the load it projects this far ahead.",
-    )
-    max_lookahead_factor: float = Field(
-        2.0, ge=1, description="Cap on the projected load as a multiple of the current one (a spike is not a trend)."
-    )
-    trend_half_life_s: float = Field(
-        30, gt=0, description="Half-life of the smoothing of the load's growth rate (noise vs reaction time)."
-    )
-    queue_drain_s: float = Field(
-        120,
-        gt=0,
-        description="Requests queued at the handles are provisioned for as if they must drain within this long "
-        "(shorter: more replicas after a burst, better latency, more GPU time).",
-    )
-    downscale_headroom: float = Field(
-        0.8,
-        gt=0,
-        le=1,
-        description="Hysteresis: replicas are removed only while the rest would run at most this share of their "
-        "target fill, for the whole of downscale_delay_s.",
-    )
-    scale_to_zero_idle_s: float = Field(
-        600, ge=0, description="With min_replicas 0: how long a deployment must be idle before its last replica goes."
+    slo: SloParams = Field(
+        default_factory=SloParams,
+        description="slo: the latency objective and the policy's tunables (defined in autoscaling/policy.py).",
     )
     stats_window_s: float = Field(
         30, gt=0, description="Window of the recent TTFT / time-per-token samples each engine reports."

@@ -18,7 +18,8 @@ import logging
 import time
 from typing import Any
 
-from autoscaling.policy import Decision, PolicyParams, PolicyState, decide, signals_from_stats
+from autoscaling.policy import Decision, PolicyParams, PolicyState, decide, signals_from_report
+from contracts.engine_report import ReplicaReport
 
 # Under Serve's logger: the decisions land in the controller's log (logs/serve/controller_*.log) beside
 # Serve's own scaling lines; a plain module logger in the controller prints nothing below WARNING.
@@ -57,6 +58,12 @@ class _Metrics:
             self.decisions.inc(1, tags={**tags, "reason": d.reason})
 
 
+def _report(metrics: dict[str, dict[Any, float]], replica: Any) -> ReplicaReport | None:
+    """One replica's report from Serve's per-metric means; None before it has reported anything."""
+    record = {name: by_replica[replica] for name, by_replica in metrics.items() if replica in by_replica}
+    return ReplicaReport.from_wire(record) if record else None
+
+
 class SloPolicy:
     """Serve's class-based autoscaling policy: ``AutoscalingPolicy(policy_function=SLO_POLICY, policy_kwargs=...)``."""
 
@@ -66,10 +73,7 @@ class SloPolicy:
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         metrics: dict[str, dict[Any, float]] = ctx.aggregated_metrics or {}
-        signals = [
-            signals_from_stats({name: by_replica[rid] for name, by_replica in metrics.items() if rid in by_replica})
-            for rid in ctx.running_replicas
-        ]
+        signals = [signals_from_report(_report(metrics, rid)) for rid in ctx.running_replicas]
         mine = ctx.policy_state.get(STATE_KEY, {})
         decision = decide(
             signals,

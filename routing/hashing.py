@@ -9,9 +9,9 @@ hashes each prompt once and every policy reuses the result.
 
 Hybrid models (Gemma-4: sliding-window and full-attention layers) may page a KV group in blocks
 larger than the hashing block: vLLM then names a group block by the chain hash at its last hashing
-boundary (``BlockHashListWithBlockSize``), which :func:`block_hashes` reproduces with
-``group_block_size``. :func:`infer_hash_block_size` recovers the hashing block size from one KV event,
-since only the engine core process knows it.
+boundary (``BlockHashListWithBlockSize``), which :func:`block_hashes` reproduces from the engine's
+:class:`~contracts.engine_report.BlockGeometry`. :func:`infer_hash_block_size` recovers the hashing
+block size from one KV event, since only the engine core process knows it.
 
 Only plain text prompts are hashed: requests with a LoRA, multimodal input or a cache salt carry
 ``extra_keys`` in vLLM and are routed as cold (their hashes would never match).
@@ -23,6 +23,8 @@ import hashlib
 import pickle
 from collections.abc import Callable, Sequence
 from typing import NewType
+
+from contracts.engine_report import BlockGeometry
 
 BlockHash = NewType("BlockHash", int)
 """The external form of a vLLM block hash: the digest's low 64 bits, as in KV events."""
@@ -42,21 +44,20 @@ def none_hash(seed: str = DEFAULT_NONE_HASH_SEED) -> bytes:
 
 def block_hashes(
     token_ids: Sequence[int],
-    block_size: int,
-    group_block_size: int | None = None,
-    align_tokens: int | None = None,
+    geometry: BlockGeometry,
     max_blocks: int | None = None,
     seed: str = DEFAULT_NONE_HASH_SEED,
 ) -> list[BlockHash]:
-    """External hashes of the prompt's full blocks, in order (a trailing partial block is not cached).
+    """External hashes of the prompt's full blocks of the followed KV group, in order.
 
-    ``block_size`` is the hashing block; with ``group_block_size`` (a multiple of it) the hashes are
-    those of the KV group's larger blocks. With ``align_tokens`` only the first multiple of it is
-    hashed: a hybrid model's engine caches (and reuses) prompts in units of the least common multiple
-    of its groups' block sizes, so blocks past that boundary are never stored. ``max_blocks`` stops
-    after that many (group) blocks: routing needs a prompt's leading blocks, and this bounds its cost.
+    The chain runs over hashing blocks (``geometry.block_size``); a group block is named by the chain
+    hash at its end. Only the prompt's first multiple of ``geometry.align_tokens`` is hashed: a hybrid
+    model's engine caches (and reuses) prompts in units of the least common multiple of its groups'
+    block sizes, so blocks past that boundary are never stored, and a trailing partial block never is.
+    ``max_blocks`` stops after that many group blocks: routing needs a prompt's leading blocks, and
+    this bounds its cost.
     """
-    return _chain(token_ids, block_size, group_block_size, align_tokens, max_blocks, none_hash(seed), _step)
+    return _chain(token_ids, geometry, max_blocks, none_hash(seed), _step)
 
 
 def _step(parent: bytes, block: tuple[int, ...]) -> bytes:
@@ -65,20 +66,14 @@ def _step(parent: bytes, block: tuple[int, ...]) -> bytes:
 
 def _chain(
     token_ids: Sequence[int],
-    block_size: int,
-    group_block_size: int | None,
-    align_tokens: int | None,
+    geometry: BlockGeometry,
     max_blocks: int | None,
     parent: bytes,
     step: Callable[[bytes, tuple[int, ...]], bytes],
 ) -> list[BlockHash]:
-    if block_size <= 0:
-        raise ValueError(f"block_size must be positive, got {block_size}")
-    group = group_block_size or block_size
-    if group % block_size:
-        raise ValueError(f"group block size {group} is not a multiple of the hashing block size {block_size}")
-    scale = group // block_size
-    end = len(token_ids) if not align_tokens else len(token_ids) // align_tokens * align_tokens
+    block_size = geometry.block_size
+    scale = geometry.group_block_size // block_size
+    end = len(token_ids) // geometry.align_tokens * geometry.align_tokens
     out: list[BlockHash] = []
     for i, start in enumerate(range(0, end - block_size + 1, block_size), start=1):
         parent = step(parent, tuple(token_ids[start : start + block_size]))
@@ -106,14 +101,9 @@ class BlockHasher:
         self._memo: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
 
     def hashes(
-        self,
-        token_ids: Sequence[int],
-        block_size: int,
-        group_block_size: int | None = None,
-        align_tokens: int | None = None,
-        max_blocks: int | None = None,
+        self, token_ids: Sequence[int], geometry: BlockGeometry, max_blocks: int | None = None
     ) -> list[BlockHash]:
-        return _chain(token_ids, block_size, group_block_size, align_tokens, max_blocks, self._root, self._step)
+        return _chain(token_ids, geometry, max_blocks, self._root, self._step)
 
     def _step(self, parent: bytes, block: tuple[int, ...]) -> bytes:
         key = (parent, block)
@@ -133,6 +123,7 @@ def infer_hash_block_size(
     if not hashes:
         return None
     for size in sorted(d for d in range(1, group_block_size + 1) if group_block_size % d == 0):
-        if block_hashes(token_ids, size, group_block_size, seed=seed)[: len(hashes)] == list(hashes):
+        geometry = BlockGeometry(size, group_block_size, group_block_size)
+        if block_hashes(token_ids, geometry, seed=seed)[: len(hashes)] == list(hashes):
             return size
     return None

@@ -17,6 +17,7 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
 from config import AppConfig, BuildArgs, KvStreamSettings, ModelConfig
+from config.engine_validation import engine_none_hash_seed
 from deployments.engine.replica import EngineReplica
 from deployments.ingress.app import Ingress
 from serve_app.placement import replica_placement
@@ -51,12 +52,11 @@ def engine_options(
 ) -> dict[str, Any]:
     """Serve deployment options of the model's engine deployment (``request_timeout_s``: the ingress's)."""
     r = model.replicas
-    router_kwargs = {
+    router_kwargs = {  # JSON: they travel in Serve's deployment config
         "model": model.id,
-        "policy": model.routing.policy,
-        "policy_options": model.routing.policy_options(),
-        "max_prefix_blocks": model.routing.max_prefix_blocks,
+        "routing": model.routing.model_dump(mode="json"),
         "kv_stream": kv_stream.model_dump() if kv_stream is not None else None,
+        "none_hash_seed": engine_none_hash_seed(model),
     }
     return {
         "name": model.deployment_name(),
@@ -83,6 +83,12 @@ def ingress_options(config: AppConfig) -> dict[str, Any]:
     }
 
 
+def admission_limits(config: AppConfig) -> dict[str, int]:
+    """Per model id, the requests an ingress replica admits at once: as many as the model's engines take
+    at full scale (``max_replicas`` x each replica's ``max_ongoing_requests``)."""
+    return {m.id: m.replicas.max_replicas * max_ongoing_requests(m) for m in config.models}
+
+
 def build_from_config(config: AppConfig) -> Application:
     """The application graph for ``config``: ingress -> {model id: engine deployment}."""
     models = [localize(m) for m in config.effective_models()]
@@ -99,7 +105,7 @@ def build_from_config(config: AppConfig) -> Application:
     logger.info(
         "built app %r: %s", config.name, ", ".join(f"{m.id} (dflash={m.speculative is not None})" for m in models)
     )
-    return serve.deployment(Ingress).options(**ingress_options(config)).bind(config, engines)
+    return serve.deployment(Ingress).options(**ingress_options(config)).bind(config, engines, admission_limits(config))
 
 
 def build_app(args: BuildArgs) -> Application:

@@ -17,13 +17,14 @@ from typing import Any
 
 from autoscaling.policy import PolicyParams
 from config import ModelConfig
+from routing.router import max_ongoing_requests as replica_capacity
 
 SLO_POLICY = "deployments.autoscaler:SloPolicy"
 SHUTDOWN_MARGIN_S = 10.0  # the last chunk's trip to the client and the engine's abort path
 
 
 def max_ongoing_requests(model: ModelConfig) -> int:
-    return max(1, math.ceil(model.engine.max_num_seqs * model.replicas.queue_headroom))
+    return replica_capacity(model.engine.max_num_seqs, model.replicas.queue_headroom)
 
 
 def target_ongoing_requests(model: ModelConfig) -> float:
@@ -33,21 +34,12 @@ def target_ongoing_requests(model: ModelConfig) -> float:
 def policy_params(model: ModelConfig) -> PolicyParams:
     """The SLO policy's settings for the model's engine deployment."""
     r = model.replicas
-    a = r.autoscaling
     return PolicyParams(
         min_replicas=r.min_replicas,
         max_replicas=r.max_replicas,
         target_batch=target_ongoing_requests(model),
-        ttft_p90_s=a.slo.ttft_p90_s,
-        tpot_p90_s=a.slo.tpot_p90_s,
-        kv_cache_target=a.kv_cache_target,
-        replica_start_s=a.replica_start_s,
-        max_lookahead_factor=a.max_lookahead_factor,
-        trend_half_life_s=a.trend_half_life_s,
-        queue_drain_s=a.queue_drain_s,
         downscale_delay_s=r.downscale_delay_s,
-        downscale_headroom=a.downscale_headroom,
-        scale_to_zero_idle_s=a.scale_to_zero_idle_s,
+        slo=r.autoscaling.slo,
     )
 
 

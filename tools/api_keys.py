@@ -16,19 +16,20 @@ import time
 
 import redis
 
+from contracts.redis_keys import RedisKeys
 from deployments.ingress import api_keys
 
 
 def add(client: redis.Redis, app: str, name: str, rate: float | None = None, burst: int | None = None) -> str:
     key = api_keys.generate()
     record = api_keys.KeyRecord.new(name, rate, burst)
-    client.hset(api_keys.record_prefix(app) + api_keys.digest(key), mapping=record.to_redis())
+    client.hset(RedisKeys(app).api_key_prefix + api_keys.digest(key), mapping=record.to_redis())
     return key
 
 
 def records(client: redis.Redis, app: str) -> dict[str, api_keys.KeyRecord]:
     """Stored keys by digest."""
-    prefix = api_keys.record_prefix(app)
+    prefix = RedisKeys(app).api_key_prefix
     out = {}
     for raw in client.scan_iter(match=prefix + "*"):
         name = raw.decode()
@@ -40,7 +41,7 @@ def revoke(client: redis.Redis, app: str, name_or_digest: str) -> list[str]:
     """Digests removed: every key with that name, or the key with that digest."""
     gone = [d for d, r in records(client, app).items() if name_or_digest in (d, r.name)]
     for d in gone:
-        client.delete(api_keys.record_prefix(app) + d, api_keys.bucket_key(app, d))
+        client.delete(RedisKeys(app).api_key_prefix + d, RedisKeys(app).rate_bucket(d))
     return gone
 
 

@@ -26,9 +26,10 @@ from typing import Any
 
 import redis
 
+from contracts.engine_report import BlockGeometry
 from deployments.kv_stream import EventStreamWriter
 from routing.events import BlocksRemoved, BlocksStored, KvEvent, ReplicaCleared, ReplicaSnapshot
-from routing.hashing import BlockHash, infer_hash_block_size
+from routing.hashing import DEFAULT_NONE_HASH_SEED, BlockHash, infer_hash_block_size
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ def kv_events_config(endpoint: str) -> dict[str, Any]:
 class GroupFilter:
     """Turns vLLM events into routing events for the followed KV group; tracks what the replica holds."""
 
-    def __init__(self, replica_id: str) -> None:
+    def __init__(self, replica_id: str, none_hash_seed: str = DEFAULT_NONE_HASH_SEED) -> None:
         self.replica_id = replica_id
+        self._seed = none_hash_seed  # the engine's (routing/hashing.py), to recognise its hashes
         self.group: int | None = None  # learnt from the first full-attention store event
         # (hashing block size, the group's block size), learnt from its first event starting at token 0
         self._block_sizes: tuple[int, int] | None = None
@@ -92,8 +94,8 @@ class GroupFilter:
         return math.lcm(*self._all_group_block_sizes.values()) if self._all_group_block_sizes else 1
 
     @property
-    def geometry(self) -> tuple[int, int, int] | None:
-        """(hashing block, followed group's block, cache-hit alignment) in tokens, once learnt.
+    def geometry(self) -> BlockGeometry | None:
+        """Hashing block, followed group's block and cache-hit alignment, once learnt.
 
         vLLM stores and reuses a hybrid model's prompt in units of the LCM of its groups' block sizes
         (``scheduler_block_size``), or of the hashing block when its fine-grained hits are on.
@@ -102,10 +104,10 @@ class GroupFilter:
             return None
         hash_block, group_block = self._block_sizes
         align = hash_block if self._unaligned_store else max(group_block, self._lcm_block_size())
-        return hash_block, group_block, align
+        return BlockGeometry(hash_block, group_block, align)
 
     def _calibrate(self, token_ids: list[int], group_block_size: int, hashes: tuple[BlockHash, ...]) -> None:
-        hash_block_size = infer_hash_block_size(token_ids, group_block_size, hashes)
+        hash_block_size = infer_hash_block_size(token_ids, group_block_size, hashes, self._seed)
         if hash_block_size is None:
             logger.warning("KV event hashes match no hashing block size; routers keep the configured one")
             return
@@ -119,10 +121,12 @@ class GroupFilter:
 class KvEventRelay:
     """Subscribes before the engine starts (ZMQ connects retry until the publisher binds)."""
 
-    def __init__(self, replica_id: str, endpoint: str, writer: EventStreamWriter, snapshot_period_s: float) -> None:
+    def __init__(
+        self, replica_id: str, endpoint: str, writer: EventStreamWriter, snapshot_period_s: float, none_hash_seed: str
+    ) -> None:
         import zmq
 
-        self._filter = GroupFilter(replica_id)
+        self._filter = GroupFilter(replica_id, none_hash_seed)
         self._writer = writer
         self._snapshot_period_s = snapshot_period_s
         self._sub = zmq.Context.instance().socket(zmq.SUB)

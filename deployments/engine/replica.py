@@ -24,10 +24,12 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from config import KvStreamSettings, ModelConfig
+from config.engine_validation import engine_hash_algo, engine_none_hash_seed
+from contracts.engine_report import BlockGeometry, ReplicaReport
 from deployments.engine import parser_cache
 from deployments.engine.engine_args import vllm_serve_argv
 from deployments.engine.kv_events import KvEventRelay, kv_events_config
-from deployments.engine.replica_stats import RecentLatency, ReplicaStats, ReplicaStatsLogger
+from deployments.engine.replica_stats import RecentLatency, ReplicaStats, ReplicaStatsLogger, build_report
 from deployments.engine.serve_logging import serve_log_handlers_kept
 from deployments.kv_stream import EventStreamWriter
 from vllm_plugins import is_installed
@@ -35,6 +37,35 @@ from vllm_plugins import is_installed
 logger = logging.getLogger(__name__)
 
 Reply = tuple[str, int, Any]
+
+
+def _check_environment(model: ModelConfig) -> str | None:
+    """Refuse to start where this process's environment contradicts the config; returns the NONE_HASH seed.
+
+    The seed is the one vLLM will derive here (``resolve_none_hash_seed`` reads PYTHONHASHSEED, inherited
+    from the node); the routers hash with the seed the config implies, so a node that sets another one
+    would silently never hit. Raised here, before the engine takes the GPU, with what to change.
+    """
+    from vllm.utils.hashing import get_hash_fn_by_name
+    from vllm.v1.core.kv_cache_utils import resolve_none_hash_seed
+
+    if model.speculative is not None and model.speculative.draft_semantics == "zlab" and not is_installed():
+        raise RuntimeError(
+            f"model {model.id!r}: speculative.draft_semantics is zlab, but vLLM will not load dflash-serve's "
+            "plugin here (install this package into the engine's environment; VLLM_PLUGINS, if set, must "
+            "list dflash_serve)"
+        )
+    expected = engine_none_hash_seed(model)
+    if expected is None:
+        return None  # a non-cryptographic hash with a random seed: validation allows it only unrouted
+    actual = resolve_none_hash_seed(get_hash_fn_by_name(engine_hash_algo(model.engine)))
+    if model.routing.policy == "prefix" and actual != expected:
+        raise RuntimeError(
+            f"model {model.id!r}: this node's PYTHONHASHSEED gives vLLM the block-hash seed {actual!r}, the "
+            f"prefix routers hash with {expected!r} (config/engine_validation.py ENGINE_PYTHONHASHSEED) and "
+            "would never find a cached prefix: unset PYTHONHASHSEED in the node's environment"
+        )
+    return expected
 
 
 class EngineReplica:
@@ -54,12 +85,7 @@ class EngineReplica:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         parser_cache.install()
-        if model.speculative is not None and model.speculative.draft_semantics == "zlab" and not is_installed():
-            raise RuntimeError(
-                f"model {model.id!r}: speculative.draft_semantics is zlab, but vLLM will not load dflash-serve's "
-                "plugin here (install this package into the engine's environment; VLLM_PLUGINS, if set, must "
-                "list dflash_serve)"
-            )
+        seed = _check_environment(model)
         self._model_id = model.id
         self._stats = ReplicaStats()
         self._recent = RecentLatency(model.replicas.autoscaling.stats_window_s)
@@ -68,9 +94,12 @@ class EngineReplica:
         self._relay: KvEventRelay | None = None
         events_config = None
         if kv_stream is not None:
+            if seed is None:  # config validation refuses it; kept explicit, the relay cannot work without
+                raise RuntimeError(f"model {model.id!r}: precise routing needs reproducible block hashes (sha256)")
             replica_id = serve.get_replica_context().replica_id.unique_id
             endpoint = f"ipc://{tempfile.gettempdir()}/dflash-kv-{replica_id}.sock"
-            self._relay = KvEventRelay(replica_id, endpoint, EventStreamWriter(kv_stream), kv_stream.snapshot_period_s)
+            writer = EventStreamWriter(kv_stream)
+            self._relay = KvEventRelay(replica_id, endpoint, writer, kv_stream.snapshot_period_s, seed)
             events_config = kv_events_config(endpoint)
 
         with serve_log_handlers_kept():  # vLLM's logging setup would close Serve's replica log handler
@@ -145,23 +174,21 @@ class EngineReplica:
         """Serve's health probe: raises when the engine core has died, so Serve replaces us."""
         await self._engine.check_health()
 
-    def stats(self) -> dict[str, float]:
-        """Load and DFlash counters, as reported to routers and the autoscaler."""
+    def report(self) -> ReplicaReport:
+        """Load, cache geometry and DFlash counters, as reported to routers and the autoscaler."""
+        learnt = self._relay.geometry if self._relay is not None else None
         with self._stats_lock:
-            out = self._stats.as_dict()
-            out.update(self._recent.snapshot(time.monotonic()))
-        out["ongoing_requests"] = float(self._ongoing)
-        geometry = self._relay.geometry if self._relay is not None else None
-        hash_block, group_block, align = geometry or (self._block_size, self._block_size, self._block_size)
-        out["block_size"] = float(hash_block)
-        out["group_block_size"] = float(group_block)
-        out["cache_align_tokens"] = float(align)
-        # Requests the engine still tracks: drops to 0 only once aborted or finished requests are gone.
-        out["engine_unfinished_requests"] = float(self._engine.output_processor.get_num_unfinished_requests())
-        return out
+            return build_report(
+                self._stats,
+                self._recent.snapshot(time.monotonic()),
+                learnt or BlockGeometry.uniform(self._block_size),
+                ongoing_requests=self._ongoing,
+                # Requests the engine still tracks: 0 only once aborted or finished requests are gone.
+                engine_unfinished_requests=self._engine.output_processor.get_num_unfinished_requests(),
+            )
 
     def describe(self) -> dict[str, Any]:
-        """This replica's id, process id and stats (for tools and tests that broadcast to every replica)."""
+        """This replica's id, process id and report (for tools and tests that broadcast to every replica)."""
         import os
 
         from ray import serve
@@ -169,15 +196,16 @@ class EngineReplica:
         return {
             "replica_id": serve.get_replica_context().replica_id.unique_id,
             "pid": os.getpid(),
-            "stats": self.stats(),
+            "report": self.report(),
         }
 
     def record_routing_stats(self) -> dict[str, float]:
-        return self.stats()
+        """Serve's routing stats: the report on the wire (``ReplicaReport.from_wire`` reads it in the router)."""
+        return self.report().to_wire()
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's custom autoscaling metrics: the same record (deployments/autoscaler.py reads it)."""
-        return self.stats()
+        return self.report().to_wire()
 
     def metrics_text(self) -> str:
         """This replica's vLLM Prometheus metrics (the ``vllm:`` families), for the ingress to sum."""

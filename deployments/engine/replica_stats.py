@@ -16,6 +16,8 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from contracts.engine_report import BlockGeometry, ReplicaReport
+
 
 @dataclass(slots=True)
 class ReplicaStats:
@@ -41,12 +43,26 @@ class ReplicaStats:
             return None
         return 1.0 + self.spec_accepted_tokens_total / self.spec_drafts_total
 
-    def as_dict(self) -> dict[str, float]:
-        out: dict[str, float] = {k: float(v) for k, v in asdict(self).items()}
-        tau = self.acceptance_length
-        if tau is not None:
-            out["acceptance_length"] = tau
-        return out
+
+def build_report(
+    stats: ReplicaStats,
+    recent: dict[str, float],
+    geometry: BlockGeometry,
+    ongoing_requests: int,
+    engine_unfinished_requests: int,
+) -> ReplicaReport:
+    """The replica's report: its counters, its recent window (:meth:`RecentLatency.snapshot`) and its geometry.
+
+    Fields pass by name, so a counter renamed here and not in the contract fails at once (TypeError).
+    """
+    return ReplicaReport(
+        geometry=geometry,
+        ongoing_requests=ongoing_requests,
+        engine_unfinished_requests=engine_unfinished_requests,
+        acceptance_length=stats.acceptance_length,
+        **asdict(stats),
+        **recent,
+    )
 
 
 def p90(values: list[float]) -> float:

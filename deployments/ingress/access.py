@@ -25,6 +25,7 @@ import redis
 import redis.asyncio as aioredis
 
 from config import AuthConfig
+from contracts.redis_keys import RedisKeys
 from deployments.ingress import api_keys
 from deployments.ingress.errors import ApiError
 from deployments.ingress.rate_limit import TokenBucket
@@ -49,7 +50,7 @@ class Access:
         self._auth = auth
         self._static = frozenset(auth.api_key_sha256)
         self._redis_url = redis_url
-        self._app = app_name
+        self._keys = RedisKeys(app_name)
         self._client: aioredis.Redis | None = None
         self._bucket: TokenBucket | None = None
         # digest -> (verified at, record): keys verified in Redis, newest last.
@@ -79,7 +80,7 @@ class Access:
         burst = (record and record.burst) or self._auth.rate_limit_burst
         _, bucket = self._redis()
         try:
-            wait_s = await bucket.take(api_keys.bucket_key(self._app, key_digest), rate, burst)
+            wait_s = await bucket.take(self._keys.rate_bucket(key_digest), rate, burst)
         except redis.RedisError as exc:
             self._redis_unavailable(exc, key_digest)
             return
@@ -99,7 +100,7 @@ class Access:
             return cached[1]
         client, _ = self._redis()
         try:
-            fields = await client.hgetall(api_keys.record_prefix(self._app) + key_digest)
+            fields = await client.hgetall(self._keys.api_key_prefix + key_digest)
         except redis.RedisError as exc:
             self._redis_unavailable(exc, key_digest)
             if cached is None:  # fail-open still refuses a key it has never seen

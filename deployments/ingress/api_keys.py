@@ -1,4 +1,4 @@
-"""API keys as stored in Redis: one hash per key under ``dflash:<app>:apikey:<sha256 of the key>``.
+"""API keys as stored in Redis: one hash per key, at ``RedisKeys.api_key_prefix`` + the key's SHA-256.
 
 Only the key's SHA-256 digest is ever stored or logged; the key itself is shown once, when
 ``python -m tools.api_keys add`` creates it. Each record holds a name (to find it again), its creation
@@ -22,15 +22,6 @@ def digest(key: str) -> str:
 
 def generate() -> str:
     return "sk-dflash-" + secrets.token_urlsafe(KEY_BYTES)
-
-
-def record_prefix(app: str) -> str:
-    return f"dflash:{app}:apikey:"
-
-
-def bucket_key(app: str, key_digest: str) -> str:
-    """Where the key's token bucket lives (named by digest: the key never reaches Redis)."""
-    return f"dflash:{app}:ratelimit:{key_digest}"
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,7 @@ sharing a prefix follow the first before the engine has even started it. In prec
 ``observe`` applies the engines' KV events: stored blocks are added, evicted ones removed, a cleared
 cache forgotten, so the index follows what each replica really holds.
 
-Parameters: ``weight_prefix`` (1.0), ``weight_load`` (0.5), ``weight_kv`` (0.1), ``weight_session`` (1.0),
-``imbalance_abs`` (>= 0, in requests; 32), ``imbalance_rel`` (>= 1; 1.5), ``min_match_fraction`` (0..1; 0.1),
-``capacity_blocks`` (index entries per replica).
+Parameters: :class:`PrefixPolicyConfig`, their one definition (``routing.prefix`` in the app's YAML files).
 """
 
 from __future__ import annotations
@@ -37,24 +35,32 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 from routing.events import BlocksRemoved, BlocksStored, KvEvent, ReplicaCleared, ReplicaSnapshot
 from routing.index import PrefixIndex
 from routing.policy import Decision, ReplicaLoad, RouteRequest
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
 class PrefixPolicyConfig:
-    weight_prefix: float = 1.0
-    weight_load: float = 0.5
-    weight_kv: float = 0.1
-    weight_session: float = 1.0
-    imbalance_abs: int = 32
-    imbalance_rel: float = 1.5
-    min_match_fraction: float = 0.1
-    capacity_blocks: int = 65536
+    """The prefix policy's weights and guards: validated where they are defined, embedded in the app config."""
+
+    weight_prefix: float = Field(1.0, ge=0, description="Weight of the cached share of the prompt.")
+    weight_load: float = Field(0.5, ge=0, description="Weight of the replica's fill (in flight / capacity).")
+    weight_kv: float = Field(0.1, ge=0, description="Weight of the replica's KV cache usage.")
+    weight_session: float = Field(1.0, ge=0, description="Bonus of the session's own replica.")
+    imbalance_abs: int = Field(
+        32, ge=0, description="In-flight spread above which load wins outright (docs/routing-simulator.md)."
+    )
+    imbalance_rel: float = Field(1.5, ge=1, description="... and max in flight > this x min.")
+    min_match_fraction: float = Field(
+        0.1, ge=0, le=1, description="Share of the prompt a replica must hold to count as a match."
+    )
+    capacity_blocks: int = Field(65536, ge=1, description="Index entries kept per replica (bounds router memory).")
 
 
 def _session_rank(key: str, replica_id: str) -> bytes:

@@ -21,11 +21,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from config import AppConfig
 from serve_app.serve_options import graceful_shutdown_timeout_s, max_ongoing_requests
-from sim.autoscaling.arms import B300_CONFIG, Arm, arms, production_model, slo_of
+from sim.autoscaling.arms import Arm, arms, benchmark_model, slo_of
 from sim.autoscaling.cluster import AutoscaledCluster, ClusterConfig, RunResult
 from sim.autoscaling.traces import Trace, bursty, diurnal
+from sim.production import production_app
 from sim.routing.metrics import percentile
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -117,9 +117,9 @@ def main() -> None:
     traces = (
         [bursty(quiet_s=600, burst_s=600), diurnal(period_s=3600)] if args.quick else [bursty(), diurnal(period_s=7200)]
     )
-    model = production_model()
+    model = benchmark_model()
     ttft_s, tpot_s = slo_of(model)
-    request_timeout_s = AppConfig.from_yaml(B300_CONFIG).ingress.request_timeout_s
+    request_timeout_s = production_app().ingress.request_timeout_s
     cluster = ClusterConfig(
         max_ongoing_requests=max_ongoing_requests(model),
         graceful_shutdown_s=graceful_shutdown_timeout_s(model, request_timeout_s),

@@ -13,12 +13,12 @@ from typing import Any
 from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
 from ray.serve.config import AutoscalingConfig
 
-from config import AppConfig, ModelConfig
+from config import ModelConfig
 from deployments.autoscaler import SloPolicy
 from serve_app.serve_options import autoscaling_config
 from sim.autoscaling.serve_loop import PolicyFn, ServeLoop
+from sim.production import production_model
 
-B300_CONFIG = "serve_app/configs/gemma4-dflash-b300.yaml"
 # (target_ongoing_requests, upscale_delay_s, downscale_delay_s): 0.375, 0.5 and 0.75 of max_num_seqs 64 with
 # the production config's delays, and the most conservative target with Serve's own default delays.
 DEFAULT_ARMS = ((24, None, None), (32, None, None), (48, None, None), (24, 30.0, 600.0))
@@ -39,13 +39,13 @@ class Arm:
         return ServeLoop(fn, cfg)
 
 
-def production_model(max_replicas: int = 16, min_replicas: int = 1) -> ModelConfig:
+def benchmark_model(max_replicas: int = 16, min_replicas: int = 1) -> ModelConfig:
     """The production model's engine and policy settings, between the benchmark's bounds.
 
     The shipped floor (8: one node's GPUs, paid for by the cluster's minimum node anyway) would hide
     what the policies do at low load, so the benchmark scales from one replica.
     """
-    model = AppConfig.from_yaml(B300_CONFIG).models[0]
+    model = production_model()
     bounds = {"max_replicas": max_replicas, "min_replicas": min_replicas}
     return model.model_copy(update={"replicas": model.replicas.model_copy(update=bounds)})
 

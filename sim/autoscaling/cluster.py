@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
+from contracts.engine_report import BlockGeometry, ReplicaReport
 from deployments.engine.replica_stats import p90
 from sim.autoscaling.serve_loop import ServeLoop
 from sim.autoscaling.traces import Trace, arrivals, request
@@ -37,6 +38,11 @@ from sim.routing.engine import EngineModel
 from sim.routing.replica import Job, Replica
 
 _ARRIVE, _STEP, _READY, _SAMPLE, _PUSH, _TICK, _CUT = range(7)
+_UNMODELLED = (  # report fields the autoscaler does not read and the simulated engine does not count
+    "kv_tokens_in_use",
+    "kv_capacity_tokens",
+    *(name for name in ReplicaReport.__dataclass_fields__ if name.endswith("_total")),
+)
 
 
 @dataclass(frozen=True)
@@ -75,26 +81,34 @@ class SimReplica:
         return self.running and self.leaving_s is None
 
     def record(self, now: float, window_s: float) -> dict[str, float]:
-        """The replica's stats record as ``EngineReplica.stats`` builds it (the keys the policy reads)."""
+        """The replica's report on the wire, as ``EngineReplica.record_autoscaling_stats`` sends it.
+
+        The simulated engine models batch, queue, KV and latency; the counters it does not model are 0.
+        """
         for q in (self.ttfts, self.tpots, self.tokens):
             while q and q[0][0] < now - window_s:
                 q.popleft()
         eng = self.engine
-        out = {
-            "num_running": float(len(eng.running)),
-            "num_waiting": float(len(eng.waiting)),
-            "kv_cache_usage": eng.kv.usage(),
-            "finished_requests_per_s": len(self.tpots) / window_s,
-            # counted when a request finishes (the engine counts per step): lumpier, same mean
-            "generation_tokens_per_s": sum(n for _, n in self.tokens) / window_s,
-        }
+        tau = None
         if eng.running and eng.engine.speculative:
-            out["recent_acceptance_length"] = sum(j.turn.tau for j in eng.running) / len(eng.running)
-        if self.ttfts:
-            out["ttft_p90_s"] = p90([v for _, v in self.ttfts])
-        if self.tpots:
-            out["tpot_p90_s"] = p90([v for _, v in self.tpots])
-        return out
+            tau = sum(j.turn.tau for j in eng.running) / len(eng.running)
+        unmodelled = dict.fromkeys(_UNMODELLED, 0.0)
+        report = ReplicaReport(
+            geometry=BlockGeometry.uniform(eng.engine.block_size),
+            num_running=len(eng.running),
+            num_waiting=len(eng.waiting),
+            kv_cache_usage=eng.kv.usage(),
+            ongoing_requests=len(self.in_flight),
+            engine_unfinished_requests=len(self.in_flight),
+            finished_requests_per_s=len(self.tpots) / window_s,
+            # counted when a request finishes (the engine counts per step): lumpier, same mean
+            generation_tokens_per_s=sum(n for _, n in self.tokens) / window_s,
+            recent_acceptance_length=tau,
+            ttft_p90_s=p90([v for _, v in self.ttfts]) if self.ttfts else None,
+            tpot_p90_s=p90([v for _, v in self.tpots]) if self.tpots else None,
+            **unmodelled,
+        )
+        return report.to_wire()
 
 
 @dataclass

@@ -3,8 +3,8 @@
     python -m sim.routing [--quick] [--only EXPERIMENT,...] [--prefix NAME=VALUE ...] [--out DIR]
 
 Experiments: load, working_set, hot_prefixes, multi_turn, no_shared_prefix, routing_cost (default: all).
-``--prefix`` sets a PrefixPolicyConfig field of ``prefix`` and ``prefix_approx`` (e.g. imbalance_abs=8,
-the old default).
+``--prefix`` overrides a field of the production config's prefix policy (``routing.prefix`` in
+gemma4-dflash-b300.yaml) for ``prefix`` and ``prefix_approx`` (e.g. imbalance_abs=8, the old default).
 
 Prints a table per experiment point and the issue's goals, writes ``routing_sim.json`` and PNG plots
 to ``bench/results/`` (``--quick``: 16 replicas, about a minute; default: 64 replicas, several minutes).
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from routing.policies import PrefixPolicyConfig
+from sim.production import production_model
 from sim.routing import report, routing_cost, sweep
 from sim.routing.engine import EngineModel
 from sim.routing.workloads import Workload
@@ -32,6 +33,7 @@ EXPERIMENTS = ("load", "working_set", "hot_prefixes", "multi_turn", "no_shared_p
 
 
 def _prefix_config(pairs: list[str]) -> PrefixPolicyConfig:
+    """The production config's prefix policy, with ``NAME=VALUE`` overrides."""
     fields = {f.name: f.type for f in dataclasses.fields(PrefixPolicyConfig)}
     values: dict[str, float | int] = {}
     for pair in pairs:
@@ -39,7 +41,7 @@ def _prefix_config(pairs: list[str]) -> PrefixPolicyConfig:
         if not sep or key not in fields:
             raise SystemExit(f"--prefix {pair!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
         values[key] = int(raw) if fields[key] in (int, "int") else float(raw)
-    return PrefixPolicyConfig(**values)
+    return dataclasses.replace(production_model().routing.prefix, **values)
 
 
 def main() -> None:

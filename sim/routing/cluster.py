@@ -1,12 +1,12 @@
 """The discrete-event simulation: a router running a real policy object in front of N replicas.
 
-The router does what ``deployments/router/request_router.py`` does: for each request it builds a
-:class:`~routing.policy.RouteRequest` from the prompt's leading vLLM block hashes (at most
-``ROUTE_BLOCKS``, ``RoutingConfig.max_prefix_blocks``, as that router hashes them) and a
-:class:`~routing.policy.ReplicaLoad` per replica — ``in_flight`` from its own counter (exact), ``waiting``
-and ``kv_usage`` from the replicas' last report (every ``stats_period_s``, so up to that stale) — asks
-``policy.choose``, takes the first replica with room in the best ranked group (least in flight first,
-as Serve does), and calls ``policy.on_routed``. When every replica is at ``capacity`` the request waits
+The router is the one Serve runs, :class:`routing.router.Router`: for each request it gets a
+:class:`~routing.policy.RouteRequest` of the prompt's leading vLLM block hashes (at most ``ROUTE_BLOCKS``,
+the production config's ``routing.max_prefix_blocks``) and a :class:`~routing.router.ReplicaView` per
+replica — ``waiting`` and ``kv_usage`` from the replicas' last report (every ``stats_period_s``, so up to
+that stale); the router adds its own exact in-flight counts and asks the policy. The simulation then
+does what Serve does: takes the first replica with room in the best ranked group (least in flight
+first) and tells the router it was sent. When every replica is at ``capacity`` the request waits
 at the router (Serve's retry loop) and is routed again, in arrival order, as soon as one finishes.
 
 In precise mode the replicas' KV cache events (stored / removed) reach ``policy.observe`` after
@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
-from config import RoutingConfig
 from routing.events import BlocksRemoved, BlocksStored, KvEvent
 from routing.hashing import BlockHash
-from routing.policy import Decision, Policy, ReplicaLoad, RouteRequest
+from routing.policy import Decision, Policy, RouteRequest
+from routing.router import ReplicaView, Router, max_ongoing_requests
+from sim.production import production_model
 from sim.routing.engine import EngineModel
 from sim.routing.metrics import RunMetrics, pooled_hit_rate, summarize
 from sim.routing.replica import Job, Replica
@@ -37,7 +38,7 @@ from sim.routing.workloads import Workload
 logger = logging.getLogger(__name__)
 
 _ARRIVE, _STEP, _KV_EVENTS, _STATS = range(4)
-ROUTE_BLOCKS: int = RoutingConfig.model_fields["max_prefix_blocks"].default  # leading blocks the router hashes
+ROUTE_BLOCKS: int = production_model().routing.max_prefix_blocks  # leading blocks the router hashes
 WARMUP_FRACTION = 0.25  # of the arrival horizon: long enough for the caches to fill at every scale here
 
 
@@ -49,7 +50,7 @@ class SimConfig:
     precise: bool = False  # deliver the engines' KV events to the policy
     queue_headroom: float = 1.0  # max_ongoing_requests = max_num_seqs x this (ReplicaConfig.queue_headroom)
     event_delay_s: float = 0.02  # engine -> ZMQ -> Redis -> router
-    stats_period_s: float = 1.0  # RoutingConfig.stats_period_s
+    stats_period_s: float = field(default_factory=lambda: production_model().routing.stats_period_s)
     warmup_fraction: float = WARMUP_FRACTION  # of the arrival horizon, excluded from the metrics
     seed: int = 0
 
@@ -81,16 +82,16 @@ class Simulation:
         eng = config.engine
         self.replicas = [Replica(i, f"replica-{i:02d}", eng) for i in range(config.replicas)]
         self._index = {r.replica_id: r.index for r in self.replicas}
-        self.capacity = round(eng.max_num_seqs * config.queue_headroom)  # max_ongoing_requests
-        self.in_flight = [0] * config.replicas
-        self._reported = [(0.0, 0.0)] * config.replicas  # (waiting, kv_usage) as last reported
-        self._loads = [self._load(r.index) for r in self.replicas]  # what the policy sees, kept current
+        self.capacity = max_ongoing_requests(eng.max_num_seqs, config.queue_headroom)
+        self.in_flight = [0] * config.replicas  # what Serve counts; the router counts the same
+        self._views = [ReplicaView(r.replica_id, self.capacity) for r in self.replicas]  # as last reported
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = count()
         self._queue: deque[Job] = deque()
         self.jobs: list[Job] = []
         self.now = 0.0
         self.policy = make_policy(lambda: self.now)
+        self.router = Router(self.policy)  # hashes come precomputed with the workload: no hint to hash
         cold_rps = eng.cold_capacity_rps(workload.mean_prompt_tokens, workload.mean_output_tokens)
         rate = config.load * config.replicas * cold_rps
         self.offered_tps = rate * workload.mean_output_tokens
@@ -139,6 +140,7 @@ class Simulation:
         _, finished, end = replica.complete(self.now)
         self._after(replica, end)
         for job in finished:
+            self.router.completed(job.request_id)
             self._count(index, -1)
             turns = self.workload.sessions[job.session].turns
             if job.turn_index + 1 < len(turns):
@@ -148,23 +150,22 @@ class Simulation:
 
     def _on_kv(self, payload: list[KvEvent]) -> None:
         for event in payload:
-            self.policy.observe(event)
+            self.router.observe(event)
 
     def _on_stats(self, _: None) -> None:
-        self._reported = [(float(len(r.waiting)), r.kv.usage()) for r in self.replicas]
-        self._loads = [self._load(r.index) for r in self.replicas]
+        self._views = [ReplicaView(r.replica_id, self.capacity, len(r.waiting), r.kv.usage()) for r in self.replicas]
         if self._heap:
             self._push(self.now + self.config.stats_period_s, _STATS, None)
 
     def _route(self, job: Job) -> bool:
         """Route ``job`` if some replica has room; False leaves it to the caller to queue."""
         request = RouteRequest(job.request_id, job.turn.block_hashes[:ROUTE_BLOCKS])
-        decision = self.policy.choose(request, self._loads)
+        decision = self.router.choose(request, self._views)
         index = self._pick(decision)
         if index is None:
             return False
         replica = self.replicas[index]
-        self.policy.on_routed(request, replica.replica_id)
+        self.router.sent(job.request_id, replica.replica_id)
         job.replica, job.reason = index, decision.reason
         self._count(index, +1)
         self._after(replica, replica.submit(job, self.now))
@@ -186,14 +187,9 @@ class Simulation:
         if log and self.config.precise:
             self._push(self.now + self.config.event_delay_s, _KV_EVENTS, _events(replica.replica_id, log))
 
-    def _load(self, index: int) -> ReplicaLoad:
-        replica_id = self.replicas[index].replica_id
-        return ReplicaLoad(replica_id, self.in_flight[index], self.capacity, *self._reported[index])
-
     def _count(self, index: int, delta: int) -> None:
         self._integrate(index)
         self.in_flight[index] += delta
-        self._loads[index] = self._load(index)
 
     def _integrate(self, index: int) -> None:
         """Add the replica's in-flight count since its last change to its area over the measured window."""

@@ -34,12 +34,21 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from sim.production import production_model
 
 # The seed table: (concurrency, output tokens/s) of plain autoregressive decoding on one B300.
 SEED_AR_THROUGHPUT: tuple[tuple[int, float], ...] = ((1, 259.0), (8, 1296.0), (32, 3233.0))
 SEED_TAU_RANGE: tuple[float, float] = (4.3, 8.6)
 SEED_SPEEDUP_AT_1 = 3.45  # the middle of the seed's 3.2–3.7x
+
+
+def _production_k() -> int:
+    speculative = production_model().speculative
+    if speculative is None:
+        raise ValueError("the production config serves no drafter; the simulator models DFlash")
+    return speculative.num_speculative_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +57,11 @@ class EngineModel:
 
     kv_blocks: int = 4096  # per replica, 16-token blocks (65,536 tokens): scaled down, see the module doc
     block_size: int = 16
-    max_num_seqs: int = 64  # gemma4-dflash-b300.yaml
-    max_batched_tokens: int = 32768  # gemma4-dflash-b300.yaml
+    max_num_seqs: int = field(default_factory=lambda: production_model().engine.max_num_seqs)
+    max_batched_tokens: int = field(default_factory=lambda: production_model().engine.max_num_batched_tokens)
     prefill_tps: float = 50_000.0  # assumption, see the module doc
     speculative: bool = True
-    spec_tokens: int = 15  # num_speculative_tokens in gemma4-dflash-b300.yaml
+    spec_tokens: int = field(default_factory=_production_k)
     tau_range: tuple[float, float] = SEED_TAU_RANGE
     speedup_at_1: float = SEED_SPEEDUP_AT_1
 

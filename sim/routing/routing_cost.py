@@ -25,6 +25,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
+from contracts.engine_report import BlockGeometry
 from routing.hashing import BlockHash, BlockHasher
 from routing.policies import PrefixPolicy, PrefixPolicyConfig
 from routing.policy import ReplicaLoad, RouteRequest
@@ -94,7 +95,7 @@ def _measure_policy(policy: PrefixPolicy, iterations: int, rng: random.Random) -
 
 
 def _route_hashes(tokens: list[int], hasher: BlockHasher) -> tuple[BlockHash, ...]:
-    return tuple(hasher.hashes(tokens, BLOCK_SIZE, max_blocks=ROUTE_BLOCKS))
+    return tuple(hasher.hashes(tokens, BlockGeometry.uniform(BLOCK_SIZE), ROUTE_BLOCKS))
 
 
 def _time(

@@ -23,6 +23,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from contracts.engine_report import BlockGeometry
 from routing.hashing import BlockHash, block_hashes
 
 VOCAB = 262_144  # Gemma-4's vocabulary: token ids are drawn uniformly from it
@@ -72,7 +73,7 @@ def _tokens(rng: random.Random, n: int) -> list[int]:
 
 def _extend(shared: tuple[BlockHash, ...], tokens: Sequence[int], block_size: int) -> tuple[BlockHash, ...]:
     """Hashes of ``tokens``, reusing ``shared``'s objects for the leading blocks they have in common."""
-    full = block_hashes(tokens, block_size)
+    full = block_hashes(tokens, BlockGeometry.uniform(block_size))
     return shared + tuple(full[len(shared) :])
 
 
@@ -95,7 +96,7 @@ def shared_prefix(
     prefix_blocks = 0
     for g in range(groups):
         prefix = _tokens(rng, prefix_tokens)
-        shared = tuple(block_hashes(prefix, block_size))
+        shared = tuple(block_hashes(prefix, BlockGeometry.uniform(block_size)))
         prefix_blocks += len(shared)
         for p in range(max(1, round(weights[g] * scale))):
             hashes = _extend(shared, prefix + _tokens(rng, suffix_tokens), block_size)
@@ -123,7 +124,7 @@ def multi_turn(
     """
     rng = random.Random(seed)
     system = _tokens(rng, system_tokens)
-    system_hashes = tuple(block_hashes(system, block_size))
+    system_hashes = tuple(block_hashes(system, BlockGeometry.uniform(block_size)))
     out = []
     reusable = len(system_hashes)
     for s in range(sessions):
@@ -156,7 +157,7 @@ def no_shared_prefix(
             (
                 Turn(
                     prompt_tokens,
-                    tuple(block_hashes(_tokens(rng, prompt_tokens), block_size)),
+                    tuple(block_hashes(_tokens(rng, prompt_tokens), BlockGeometry.uniform(block_size))),
                     output_tokens,
                     rng.uniform(*tau_range),
                     0.0,

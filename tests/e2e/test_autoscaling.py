@@ -51,10 +51,13 @@ def scaling_config() -> AppConfig:
             "autoscaling": {
                 # Lenient latency objective: a tiny model on a shared CPU scales on its queue here; the
                 # latency terms are unit-tested (tests/unit/autoscaling/test_policy.py).
-                "slo": {"ttft_p90_s": 60, "tpot_p90_s": 2},
-                "replica_start_s": 10,
-                "trend_half_life_s": 5,
-                "scale_to_zero_idle_s": 15,
+                "slo": {
+                    "ttft_p90_s": 60,
+                    "tpot_p90_s": 2,
+                    "replica_start_s": 10,
+                    "trend_half_life_s": 5,
+                    "scale_to_zero_idle_s": 15,
+                },
                 "stats_window_s": 10,
             },
         },

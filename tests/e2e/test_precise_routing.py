@@ -15,7 +15,9 @@ import openai
 import pytest
 import redis
 
-from deployments.ingress.app import _load_tokenizer, _prompt_token_ids, parsed_request
+from contracts.redis_keys import RedisKeys
+from deployments.ingress.prompt import load_tokenizer, prompt_token_ids
+from deployments.ingress.validation import parsed_request
 from routing.events import BlocksStored, decode
 from routing.hashing import block_hashes
 from tests.e2e.served import Served
@@ -30,7 +32,7 @@ def _long_system(topic: str) -> str:
 
 
 def _stream_key(served: Served) -> str:
-    return f"dflash:{served.config.name}:{AR_MODEL}"
+    return RedisKeys(served.config.name).model_stream(AR_MODEL)
 
 
 def _client(served: Served) -> openai.OpenAI:
@@ -67,7 +69,7 @@ def _serving_replica(before: dict, after: dict) -> str:
 def test_ingress_renders_chat_exactly_as_vllm(served: Served):
     """The ingress tokenizes chat once and forwards the ids, so its rendering must be vLLM's, exactly."""
     model = next(m for m in served.config.models if m.id == AR_MODEL)
-    tokenizer = _load_tokenizer(model.tokenizer or model.target)
+    tokenizer = load_tokenizer(model.tokenizer or model.target)
     engine = served.engine_handle(AR_MODEL)
     tool = {
         "type": "function",
@@ -92,7 +94,7 @@ def test_ingress_renders_chat_exactly_as_vllm(served: Served):
         {"messages": conversation, "tools": [tool], "tool_choice": "none"},
     ]
     for body in shapes:
-        ours, exact = _prompt_token_ids(tokenizer, "chat", _chat_request(body))
+        ours, exact = prompt_token_ids(tokenizer, "chat", _chat_request(body))
         theirs = engine.render_chat_ids.remote(_chat_request(body)).result(timeout_s=60)
         assert exact and ours == theirs, body
     # Tool-call history is transformed by vLLM before templating: the ingress leaves it to vLLM.
@@ -106,7 +108,7 @@ def test_ingress_renders_chat_exactly_as_vllm(served: Served):
         },
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
     ]
-    assert not _prompt_token_ids(tokenizer, "chat", _chat_request({"messages": history, "tools": [tool]}))[1]
+    assert not prompt_token_ids(tokenizer, "chat", _chat_request({"messages": history, "tools": [tool]}))[1]
 
 
 def test_router_hashes_equal_the_engines_kv_event_hashes(served: Served):
@@ -118,8 +120,8 @@ def test_router_hashes_equal_the_engines_kv_event_hashes(served: Served):
     _client(served).chat.completions.create(model=AR_MODEL, messages=messages, max_tokens=4, temperature=0)
 
     model = next(m for m in served.config.models if m.id == AR_MODEL)
-    ids, _exact = _prompt_token_ids(
-        _load_tokenizer(model.tokenizer or model.target), "chat", _chat_request({"messages": messages})
+    ids, _exact = prompt_token_ids(
+        load_tokenizer(model.tokenizer or model.target), "chat", _chat_request({"messages": messages})
     )
     stored: dict[str, list[int]] = {}
 

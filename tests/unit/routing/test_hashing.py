@@ -6,7 +6,10 @@ import random
 
 import pytest
 
+from contracts.engine_report import BlockGeometry
 from routing.hashing import block_hashes, infer_hash_block_size
+
+G16 = BlockGeometry.uniform(16)
 
 
 def _vllm_hashes(tokens: list[int], block_size: int) -> list[int]:
@@ -26,21 +29,21 @@ def _vllm_hashes(tokens: list[int], block_size: int) -> list[int]:
 def test_equal_to_vllm(block_size: int):
     rng = random.Random(0)
     tokens = [rng.randrange(262144) for _ in range(200)]
-    assert block_hashes(tokens, block_size) == _vllm_hashes(tokens, block_size)
+    assert block_hashes(tokens, BlockGeometry.uniform(block_size)) == _vllm_hashes(tokens, block_size)
 
 
 def test_prefix_property_and_partial_block():
     tokens = list(range(100))
-    full = block_hashes(tokens, 16)
+    full = block_hashes(tokens, G16)
     assert len(full) == 6  # 96 tokens in full blocks; the last 4 are not cacheable
-    assert block_hashes(tokens[:50], 16) == full[:3]
-    changed = block_hashes([*tokens[:20], 999, *tokens[21:]], 16)
+    assert block_hashes(tokens[:50], G16) == full[:3]
+    changed = block_hashes([*tokens[:20], 999, *tokens[21:]], G16)
     assert changed[0] == full[0] and changed[1] != full[1]
 
 
 def test_rejects_bad_block_size():
     with pytest.raises(ValueError):
-        block_hashes([1, 2, 3], 0)
+        BlockGeometry.uniform(0)
 
 
 def test_group_blocks_are_vllms_larger_block_view():
@@ -50,33 +53,33 @@ def test_group_blocks_are_vllms_larger_block_view():
 
     rng = random.Random(1)
     tokens = [rng.randrange(262144) for _ in range(300)]
-    fine = block_hashes(tokens, 16)
+    fine = block_hashes(tokens, G16)
     raw = [VllmBlockHash(h.to_bytes(32, "big")) for h in fine]  # external form survives the round trip
     view = BlockHashListWithBlockSize(raw, 16, 64)
     expected = [maybe_convert_block_hash(view[i]) & ((1 << 64) - 1) for i in range(len(view))]
-    assert block_hashes(tokens, 16, group_block_size=64) == expected
+    assert block_hashes(tokens, BlockGeometry(16, 64, 64)) == expected
     assert len(expected) == 300 // 64
 
 
 def test_infers_the_hashing_block_size_from_an_event():
     tokens = list(range(1000, 1600))
-    event_hashes = block_hashes(tokens, 32, group_block_size=256)
+    event_hashes = block_hashes(tokens, BlockGeometry(32, 256, 256))
     assert infer_hash_block_size(tokens, 256, event_hashes) == 32
     assert infer_hash_block_size(tokens, 256, [12345]) is None
     with pytest.raises(ValueError):
-        block_hashes(tokens, 32, group_block_size=48)
+        BlockGeometry(32, 48, 48)
 
 
 def test_alignment_hashes_only_whole_cache_units():
     tokens = list(range(1458))
-    aligned = block_hashes(tokens, 32, align_tokens=512)
+    aligned = block_hashes(tokens, BlockGeometry(32, 32, 512))
     assert len(aligned) == 1024 // 32
-    assert aligned == block_hashes(tokens, 32)[:32]
+    assert aligned == block_hashes(tokens, BlockGeometry.uniform(32))[:32]
 
 
 def test_max_blocks_hashes_only_the_leading_blocks():
     tokens = list(range(2000))
-    assert block_hashes(tokens, 16, max_blocks=10) == block_hashes(tokens, 16)[:10]
+    assert block_hashes(tokens, G16, max_blocks=10) == block_hashes(tokens, G16)[:10]
 
 
 def test_memoised_hasher_equals_block_hashes_and_stays_bounded():
@@ -87,8 +90,8 @@ def test_memoised_hasher_equals_block_hashes_and_stays_bounded():
     hasher = BlockHasher(capacity=40)
     for _ in range(5):
         prompt = system + [rng.randrange(262144) for _ in range(rng.randrange(0, 200))]
-        for args in ((16,), (16, 64), (16, 64, 128), (32, None, None, 5)):
-            assert hasher.hashes(prompt, *args) == block_hashes(prompt, *args)
+        for geometry, max_blocks in ((G16, None), (BlockGeometry(16, 64, 64), None), (BlockGeometry(16, 64, 128), 5)):
+            assert hasher.hashes(prompt, geometry, max_blocks) == block_hashes(prompt, geometry, max_blocks)
         assert len(hasher._memo) <= 40
     with pytest.raises(ValueError):
         BlockHasher(capacity=0)

@@ -8,7 +8,7 @@ from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
 from ray.serve.config import AutoscalingConfig
 
 from sim.autoscaling.__main__ import summarize
-from sim.autoscaling.arms import arms, production_model, slo_of
+from sim.autoscaling.arms import arms, benchmark_model, slo_of
 from sim.autoscaling.cluster import AutoscaledCluster, ClusterConfig
 from sim.autoscaling.serve_loop import ServeLoop
 from sim.autoscaling.traces import arrivals, bursty, diurnal
@@ -54,7 +54,7 @@ def test_traces_follow_their_rates():
 
 
 def test_small_run_scales_up_and_back_and_drops_nothing():
-    model = production_model(max_replicas=4)
+    model = benchmark_model(max_replicas=4)
     ttft_s, tpot_s = slo_of(model)
     trace = bursty(quiet_rps=0.5, factor=10, quiet_s=300, burst_s=300)
     config = ClusterConfig(start_s_range=(60.0, 90.0))

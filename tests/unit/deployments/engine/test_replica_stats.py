@@ -56,3 +56,16 @@ def test_logger_reads_vllm_iteration_stats():
     assert snap["tpot_p90_s"] == 0.02  # a one-token request has no time per output token
     assert snap["finished_requests_per_s"] == pytest.approx(2 / 60)
     assert stats.generation_tokens_total == 7
+
+
+def test_the_engines_record_fits_the_report_contract_and_survives_the_wire():
+    from contracts.engine_report import BlockGeometry, ReplicaReport
+    from deployments.engine.replica_stats import build_report
+
+    stats, recent = ReplicaStats(num_waiting=3, kv_cache_usage=0.5, spec_drafts_total=4), RecentLatency(30)
+    stats.spec_accepted_tokens_total = 6
+    recent.add(1.0, [0.2], [0.01], tokens=5, finished=1)
+    report = build_report(stats, recent.snapshot(1.0), BlockGeometry(32, 64, 64), 2, 1)
+    assert report.acceptance_length == pytest.approx(2.5)
+    assert report.ttft_p90_s == 0.2 and report.recent_acceptance_length is None
+    assert ReplicaReport.from_wire(report.to_wire()) == report

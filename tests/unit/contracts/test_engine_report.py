@@ -1,0 +1,49 @@
+"""The engine -> router/autoscaler contract: a missing field is an error, not a silent 0."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from contracts.engine_report import BlockGeometry, ReplicaReport, ReportError, RoutingHint
+
+
+def _report(**update: object) -> ReplicaReport:
+    values = {f.name: 1.0 for f in fields(ReplicaReport) if f.name != "geometry"}
+    values.update(ttft_p90_s=None, tpot_p90_s=0.02, acceptance_length=None, recent_acceptance_length=None)
+    values.update(update)
+    return ReplicaReport(geometry=BlockGeometry(32, 64, 128), **values)  # type: ignore[arg-type]
+
+
+def test_round_trip_leaves_unmeasured_fields_off_the_wire():
+    report = _report()
+    wire = report.to_wire()
+    assert (wire["block_size"], wire["group_block_size"], wire["cache_align_tokens"]) == (32, 64, 128)
+    assert "ttft_p90_s" not in wire and wire["tpot_p90_s"] == 0.02
+    assert ReplicaReport.from_wire(wire) == report
+
+
+@pytest.mark.parametrize("key", ["num_waiting", "kv_cache_usage", "block_size", "finished_requests_per_s"])
+def test_a_missing_required_key_is_named(key: str):
+    wire = _report().to_wire()
+    del wire[key]
+    with pytest.raises(ReportError, match=key):
+        ReplicaReport.from_wire(wire)
+
+
+@pytest.mark.parametrize("geometry", [(0, 16, 16), (16, 24, 48), (16, 32, 48)])
+def test_inconsistent_geometry_is_refused(geometry: tuple[int, int, int]):
+    with pytest.raises(ValueError):
+        BlockGeometry(*geometry)
+
+
+def test_hint_of_accepts_a_by_value_copy_and_refuses_what_is_not_a_hint():
+    class Copy:  # what a by-value pickled RoutingHint looks like: another class, the same fields
+        token_ids = (1, 2)
+        session_key = "s"
+
+    assert RoutingHint.of(Copy()) == RoutingHint((1, 2), "s")
+    assert RoutingHint.of(None) is None
+    with pytest.raises(TypeError):
+        RoutingHint.of(object())
