@@ -99,9 +99,11 @@ smoke: models
 
 # Two pytest sessions: a test that starts a Ray cluster of its own runs when the first session's app (five
 # engine and ingress replicas of the multimodal tiny models, ~20 GB) is gone; together they overflow 24 GB.
+# The tiers in order, cheapest first: the e2e session's app is still up when its last test ends.
+TIERS := tests/unit tests/integration tests/e2e
 test: models bench-data
-	$(PY) -m pytest -v -p no:cacheprovider --durations=25 -m "not cluster" tests
-	$(PY) -m pytest -v -p no:cacheprovider --durations=5 -m cluster tests
+	$(PY) -m pytest -v -p no:cacheprovider --durations=25 -m "not cluster" $(TIERS)
+	$(PY) -m pytest -v -p no:cacheprovider --durations=5 -m cluster $(TIERS)
 
 # The tiers mirror the code (tests/unit/<package>/...): unit starts no engine, no Redis, no training run;
 # integration runs one real part each (a vLLM engine, redis-server, a training step); e2e drives the app.

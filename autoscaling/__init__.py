@@ -1,1 +1,1 @@
-"""Autoscaling of engine deployments (Serve settings now; the custom policy has its own issue)."""
+"""The SLO autoscaling decision, pure (policy.py); Serve runs it through ``deployments/autoscaler.py``."""

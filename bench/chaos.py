@@ -139,7 +139,7 @@ class Chaos:
 
         async def kill() -> str:
             replicas = await asyncio.to_thread(self._replicas)
-            target = max(replicas, key=lambda r: r["stats"]["ongoing_requests"])
+            target = max(replicas, key=lambda r: r["report"].ongoing_requests)
             victim.update(target)
             os.kill(target["pid"], signal.SIGKILL)  # its engine processes die with it (Ray kills the group)
             return f"killed replica pid {target['pid']} with {target['stats']['ongoing_requests']:.0f} in flight"
@@ -181,7 +181,7 @@ class Chaos:
                 deadline = time.monotonic() + 1
                 while time.monotonic() < deadline:
                     stats = await asyncio.to_thread(self._replicas)
-                    if all(r["stats"]["engine_unfinished_requests"] == 0 for r in stats):
+                    if all(r["report"].engine_unfinished_requests == 0 for r in stats):
                         aborted_in_time += 1
                         break
                     await asyncio.sleep(0.1)

@@ -127,7 +127,7 @@ def _replica_stats(config: Any) -> dict[str, dict[str, float]]:
     from ray import serve
 
     handle = serve.get_deployment_handle(config.models[0].deployment_name(), app_name=config.name)
-    return {r["replica_id"]: r["stats"] for r in handle.broadcast("describe").results(timeout_s=60)}
+    return {r["replica_id"]: r["report"].to_wire() for r in handle.broadcast("describe").results(timeout_s=60)}
 
 
 async def _chat(client: httpx.AsyncClient, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, str]:

@@ -8,6 +8,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from config.base import Strict, on_off
+from config.engine_validation import check_engine
 from config.front import AuthConfig, IngressConfig
 from config.model import ModelConfig
 from contracts.redis_keys import RedisKeys
@@ -39,6 +40,15 @@ class AppConfig(Strict):
     )
 
     _normalise_switch = field_validator("speculative", mode="before")(on_off)
+
+    @model_validator(mode="after")
+    def _engines_as_vllm_takes_them(self) -> AppConfig:
+        """What vLLM would refuse, or a router would silently miss, found at load (config/engine_validation.py).
+
+        Here, above the models, so the checks (which know the models) sit above what they check."""
+        for m in self.models:
+            check_engine(m)
+        return self
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AppConfig:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from config.base import Strict
-from config.engine_validation import check_drafter_block
 from vllm_plugins.draft_semantics import DraftSemanticsMode
 
 
@@ -36,12 +35,6 @@ class SpeculativeConfig(Strict):
         "already applies them; zlab also refuses to start an engine where the plugin is not installed; vllm runs "
         "stock vLLM's draft forward (for A/B measurements).",
     )
-
-    @model_validator(mode="after")
-    def _fits_drafter_block(self) -> SpeculativeConfig:
-        """A K past a local drafter's block is found here, not after a GPU node has started."""
-        check_drafter_block(self)
-        return self
 
 
 class EngineConfig(Strict):

@@ -168,3 +168,12 @@ def check_drafter_block(spec: SpeculativeConfig) -> None:
             f"{spec.draft_model!r}: its config.json has block_size={block}, and a block's first position is the "
             f"last verified token, so it drafts at most {block - 1}. Set num_speculative_tokens <= {block - 1}"
         )
+
+
+def check_engine(model: ModelConfig) -> None:
+    """Every check of this module for one model (vLLM is loaded only when the model has extras)."""
+    if model.engine.extra_engine_args:
+        check_extra_engine_args(model)
+    check_router_hash(model)
+    if model.speculative is not None:
+        check_drafter_block(model.speculative)

@@ -6,7 +6,6 @@ from pydantic import Field, model_validator
 
 from config.base import Strict
 from config.engine import EngineConfig, SpeculativeConfig
-from config.engine_validation import check_extra_engine_args, check_router_hash
 from config.replicas import ReplicaConfig
 from config.routing import RoutingConfig
 
@@ -46,19 +45,6 @@ class ModelConfig(Strict):
                     f"< max_num_seqs x (num_speculative_tokens + 1) = {need}; vLLM's drafter buffers "
                     "overflow (vllm#53970). Raise max_num_batched_tokens or lower max_num_seqs."
                 )
-        return self
-
-    @model_validator(mode="after")
-    def _extra_engine_args(self) -> ModelConfig:
-        """vLLM's parser judges the extras now, not at replica start (it loads vLLM: only when there are extras)."""
-        if self.engine.extra_engine_args:
-            check_extra_engine_args(self)
-        return self
-
-    @model_validator(mode="after")
-    def _router_hashes_as_engines(self) -> ModelConfig:
-        """A prefix router whose hashes differ from the engines' would never find a cached prefix, silently."""
-        check_router_hash(self)
         return self
 
     def deployment_name(self) -> str:

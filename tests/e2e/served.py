@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from config import AppConfig
+from contracts.engine_report import ReplicaReport
 from tools.redis_server import RedisServer
 
 
@@ -31,7 +32,7 @@ class Served:
         handle = serve.get_deployment_handle("Ingress", app_name=self.config.name)
         return handle.broadcast("own_metrics_text").results(timeout_s=30)
 
-    def replica_stats(self, model_id: str) -> dict[str, dict[str, float]]:
-        """Stats of every replica of the model, by replica id."""
+    def replica_reports(self, model_id: str) -> dict[str, ReplicaReport]:
+        """The report of every replica of the model, by replica id."""
         results = self.engine_handle(model_id).broadcast("describe").results(timeout_s=30)
-        return {r["replica_id"]: r["stats"] for r in results}
+        return {r["replica_id"]: r["report"] for r in results}

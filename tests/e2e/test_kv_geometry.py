@@ -79,5 +79,5 @@ def test_engines_cache_in_units_of_at_most_64_tokens(served: Served):
     client = openai.OpenAI(base_url=served.v1, api_key="unused", max_retries=0, timeout=300)
     for _ in range(2):
         client.completions.create(model=AR_MODEL, prompt=QUESTION * 3, max_tokens=2, temperature=0)
-    aligns = {r: s["cache_align_tokens"] for r, s in served.replica_stats(AR_MODEL).items()}
+    aligns = {r: s.geometry.align_tokens for r, s in served.replica_reports(AR_MODEL).items()}
     assert aligns and all(0 < a <= MAX_ALIGN_TOKENS for a in aligns.values()), aligns

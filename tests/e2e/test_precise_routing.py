@@ -59,7 +59,7 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
 
 def _serving_replica(before: dict, after: dict) -> str:
     queried = {
-        r: after[r]["prefix_cache_queries_total"] - before.get(r, {}).get("prefix_cache_queries_total", 0)
+        r: after[r].prefix_cache_queries_total - (before[r].prefix_cache_queries_total if r in before else 0)
         for r in after
     }
     assert sum(v > 0 for v in queried.values()) == 1, queried
@@ -134,11 +134,11 @@ def test_router_hashes_equal_the_engines_kv_event_hashes(served: Served):
         return bool(stored)
 
     _wait_for(engine_stored_enough, 15, "the engine's BlockStored events")
-    stats = served.replica_stats(AR_MODEL)
+    reports = served.replica_reports(AR_MODEL)
     (replica, _), *others = stored.items()
     assert not others, "one request, one replica storing"
-    geometry = [int(stats[replica][k]) for k in ("block_size", "group_block_size", "cache_align_tokens")]
-    ours = block_hashes(ids, *geometry)
+    geometry = reports[replica].geometry
+    ours = block_hashes(ids, geometry)
     assert len(ours) >= 2, (len(ids), geometry)
     # Stores arrive step by step (prefill may take several): wait until the whole prompt is in.
     try:
@@ -173,7 +173,7 @@ def test_session_affinity_keeps_each_session_on_one_replica(served: Served):
         session = f"session-{s}"
         seen = set()
         for turn in range(3):
-            before = served.replica_stats(AR_MODEL)
+            before = served.replica_reports(AR_MODEL)
             kwargs = {"extra_headers": {"x-session-id": session}} if s % 2 else {"user": session}
             client.chat.completions.create(
                 model=AR_MODEL,
@@ -182,7 +182,7 @@ def test_session_affinity_keeps_each_session_on_one_replica(served: Served):
                 temperature=0,
                 **kwargs,
             )
-            seen.add(_serving_replica(before, served.replica_stats(AR_MODEL)))
+            seen.add(_serving_replica(before, served.replica_reports(AR_MODEL)))
         assert len(seen) == 1, (session, seen)
         homes[session] = seen.pop()
     print("session homes:", homes)
@@ -230,15 +230,15 @@ def test_redis_outage_fails_no_request_and_routing_recovers(served: Served):
 
     # Routing works on the rebuilt picture: a new conversation's second turn finds its first turn's cache.
     messages = [{"role": "system", "content": _long_system("tides")}, {"role": "user", "content": "One fact?"}]
-    before = served.replica_stats(AR_MODEL)
+    before = served.replica_reports(AR_MODEL)
     first = client.chat.completions.create(model=AR_MODEL, messages=messages, max_tokens=4, temperature=0)
-    middle = served.replica_stats(AR_MODEL)
+    middle = served.replica_reports(AR_MODEL)
     home = _serving_replica(before, middle)
     messages += [
         {"role": "assistant", "content": first.choices[0].message.content},
         {"role": "user", "content": "More?"},
     ]
     client.chat.completions.create(model=AR_MODEL, messages=messages, max_tokens=4, temperature=0)
-    after = served.replica_stats(AR_MODEL)
+    after = served.replica_reports(AR_MODEL)
     assert _serving_replica(middle, after) == home
-    assert after[home]["prefix_cache_hits_total"] > middle[home]["prefix_cache_hits_total"]
+    assert after[home].prefix_cache_hits_total > middle[home].prefix_cache_hits_total

@@ -123,7 +123,7 @@ def _kill_replica(served: Served) -> tuple[str, list[psutil.Process]]:
     """SIGKILL the busiest AR replica's process (only it, as a crash would end it); returns its replica id
     and its engine processes, which must die with it."""
     replicas = served.engine_handle(AR_MODEL).broadcast("describe").results(timeout_s=30)
-    victim = max(replicas, key=lambda r: r["stats"]["ongoing_requests"])
+    victim = max(replicas, key=lambda r: r["report"].ongoing_requests)
     engine = psutil.Process(victim["pid"]).children(recursive=True)
     assert engine, "the replica runs its vLLM engine core in a child process"
     os.kill(victim["pid"], signal.SIGKILL)
@@ -170,6 +170,6 @@ def test_replica_killed_under_load_loses_no_request(served: Served):
         assert time.monotonic() < deadline, f"no replacement replica: {sorted(replicas)}"
         time.sleep(3)
         try:
-            replicas = served.replica_stats(AR_MODEL)
+            replicas = served.replica_reports(AR_MODEL)
         except Exception:  # noqa: BLE001 - the broadcast may still reach the dead replica for a moment
             replicas = {}

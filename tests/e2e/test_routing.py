@@ -10,6 +10,7 @@ from __future__ import annotations
 import openai
 import pytest
 
+from contracts.engine_report import ReplicaReport
 from tests.e2e.served import Served
 from tools.e2e_app import AR_MODEL
 
@@ -25,19 +26,19 @@ def _system(topic: str) -> str:
     return f"You are an expert on {topic}. {facts}"
 
 
-def _delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], key: str) -> dict[str, float]:
-    return {rid: after[rid][key] - before.get(rid, {}).get(key, 0.0) for rid in after}
+def _delta(before: dict[str, ReplicaReport], after: dict[str, ReplicaReport], key: str) -> dict[str, float]:
+    return {rid: getattr(after[rid], key) - (getattr(before[rid], key) if rid in before else 0.0) for rid in after}
 
 
 def test_second_turn_lands_on_the_replica_holding_the_first(served: Served):
     client = openai.OpenAI(base_url=served.v1, api_key="unused", max_retries=0, timeout=300)
-    stats = served.replica_stats(AR_MODEL)
+    stats = served.replica_reports(AR_MODEL)
     assert len(stats) == 2, "the routing tests need two replicas"
     first_turn_replica: dict[str, str] = {}
     for topic in TOPICS:
         messages = [{"role": "system", "content": _system(topic)}, {"role": "user", "content": "Tell me one thing."}]
         first = client.chat.completions.create(model=AR_MODEL, messages=messages, max_tokens=8, temperature=0)
-        after_first = served.replica_stats(AR_MODEL)
+        after_first = served.replica_reports(AR_MODEL)
         queried = _delta(stats, after_first, "prefix_cache_queries_total")
         first_turn_replica[topic] = max(queried, key=queried.get)
         messages += [
@@ -45,10 +46,10 @@ def test_second_turn_lands_on_the_replica_holding_the_first(served: Served):
             {"role": "user", "content": "And another?"},
         ]
         client.chat.completions.create(model=AR_MODEL, messages=messages, max_tokens=8, temperature=0)
-        stats_after = served.replica_stats(AR_MODEL)
+        stats_after = served.replica_reports(AR_MODEL)
         hits = _delta(after_first, stats_after, "prefix_cache_hits_total")
         home = first_turn_replica[topic]
-        block = stats_after[home]["block_size"]
+        block = stats_after[home].geometry.block_size
         # The system prompt spans over ten blocks; only its replica can hit them. The other replica has
         # seen other topics, which share less than one block with this one.
         assert hits[home] >= 4 * block, (topic, hits, home)

@@ -224,15 +224,15 @@ def test_client_disconnect_aborts_engine_request(served: Served):
         lines = resp.iter_lines()
         got = [next(lines) for _ in range(3)]
         assert got[0].startswith("data: ")
-        running = handle.stats.remote().result()
-        assert running["engine_unfinished_requests"] >= 1  # it would run for minutes if not aborted
+        running = handle.report.remote().result()
+        assert running.engine_unfinished_requests >= 1  # it would run for minutes if not aborted
     deadline = time.monotonic() + 1  # the engine aborts within a second of the client leaving
-    stats = handle.stats.remote().result()
-    while time.monotonic() < deadline and (stats["engine_unfinished_requests"] or stats["ongoing_requests"]):
+    report = handle.report.remote().result()
+    while time.monotonic() < deadline and (report.engine_unfinished_requests or report.ongoing_requests):
         time.sleep(0.25)
-        stats = handle.stats.remote().result()
-    assert stats["engine_unfinished_requests"] == 0
-    assert stats["ongoing_requests"] == 0
+        report = handle.report.remote().result()
+    assert report.engine_unfinished_requests == 0
+    assert report.ongoing_requests == 0
 
 
 # ------------------------------------------------------------------------------------- errors
