@@ -14,14 +14,18 @@ RUN apt-get update \
 
 WORKDIR /home/ray/dflash-serve
 COPY pyproject.toml README.md ./
-COPY serve_app serve_app
-COPY deployments deployments
-COPY autoscaling autoscaling
+# Every package setuptools discovers (tests/unit/deploy/test_dockerfile.py keeps this list complete).
+COPY contracts contracts
 COPY routing routing
-COPY tools tools
-COPY bench bench
-COPY training training
+COPY autoscaling autoscaling
 COPY vllm_plugins vllm_plugins
+COPY config config
+COPY deployments deployments
+COPY serve_app serve_app
+COPY training training
+COPY tools tools
+COPY sim sim
+COPY bench bench
 # Installing the package installs its vLLM plugin (entry point vllm.general_plugins: dflash_serve), which every
 # vLLM process on the node loads: the DFlash drafter runs z-lab's draft semantics (docs/known-issues.md).
 RUN python3 -m pip install --no-cache-dir ".[gpu]" \
