@@ -6,7 +6,8 @@ Two traces (a 10x burst between quiet periods, and a diurnal ramp), each run wit
 ``sim/autoscaling/arms.py`` on the same requests. Prints SLO attainment (share of requests with
 TTFT and time per output token within the production config's objective), replica-hours and requests
 cut at downscale per arm, and our policy's ratios to the best-tuned default (the one with the highest
-attainment, ties to the cheaper); writes ``autoscaling_sim.json`` and PNGs to ``bench/results/``.
+attainment, ties to the cheaper); writes ``autoscaling_sim.json`` and PNGs to ``docs/autoscaling/``
+(``--quick``: ``bench/results/``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from sim.autoscaling.arms import Arm, arms, benchmark_model, slo_of
 from sim.autoscaling.cluster import AutoscaledCluster, ClusterConfig, RunResult
 from sim.autoscaling.traces import Trace, bursty, diurnal
 from sim.production import production_app
+from sim.results import results_dir
 from sim.routing.metrics import percentile
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
 GOAL_HOURS_RATIO = 0.8  # >= 20% fewer replica-hours than the best-tuned default ...
 # ... at the same or better attainment; the simulator's requests are Poisson draws, so "the same" allows
 # this much (a few hundred requests out of tens of thousands).
@@ -110,8 +111,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter traces (a few minutes of CPU)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, help="default: docs/autoscaling/ (--quick: bench/results/)")
     args = parser.parse_args()
+    args.out = args.out or results_dir("autoscaling", args.quick)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the policy logs every decision there
     traces = (

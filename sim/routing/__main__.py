@@ -6,8 +6,9 @@ Experiments: load, working_set, hot_prefixes, multi_turn, no_shared_prefix, rout
 ``--prefix`` overrides a field of the production config's prefix policy (``routing.prefix`` in
 gemma4-dflash-b300.yaml) for ``prefix`` and ``prefix_approx`` (e.g. imbalance_abs=8, the old default).
 
-Prints a table per experiment point and the issue's goals, writes ``routing_sim.json`` and PNG plots
-to ``bench/results/`` (``--quick``: 16 replicas, about a minute; default: 64 replicas, several minutes).
+Prints a table per experiment point and the issue's goals, writes ``routing_sim.json`` and PNG plots to
+``docs/routing-simulator/`` (64 replicas, several minutes) or, with ``--quick`` (16 replicas, about a
+minute), to ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from typing import Any
 
 from routing.policies import PrefixPolicyConfig
 from sim.production import production_model
+from sim.results import results_dir
 from sim.routing import report, routing_cost, sweep
 from sim.routing.engine import EngineModel
 from sim.routing.workloads import Workload
 
 logger = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
 EXPERIMENTS = ("load", "working_set", "hot_prefixes", "multi_turn", "no_shared_prefix", "routing_cost")
 
 
@@ -55,8 +56,9 @@ def main() -> None:
         help="keep the other experiments of an existing routing_sim.json with the same parameters (run them apart)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, help="default: docs/routing-simulator/ (--quick: bench/results/)")
     args = parser.parse_args()
+    args.out = args.out or results_dir("routing-simulator", args.quick)
     logging.basicConfig(level=logging.WARNING)
     only = set(args.only.split(","))
     if unknown := only - set(EXPERIMENTS):

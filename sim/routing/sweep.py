@@ -10,8 +10,8 @@
 
 Every point runs every policy on the same requests (same hashes, same arrival times). Our ``prefix``
 policy runs two ways: ``prefix`` in precise mode (KV events, the production setting) and
-``prefix_approx`` (routing history only, like the anchors' trees). The pooled-cache bound comes with
-every run.
+``prefix_approx`` (routing history only, like the anchors' trees). The pooled-cache reference comes
+with every run.
 """
 
 from __future__ import annotations
