@@ -99,6 +99,7 @@ class StreamFollower:
         self._apply = apply
         self._redis: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.connected = False
 
     @property
@@ -110,9 +111,16 @@ class StreamFollower:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="kv-stream-follower")
 
     async def stop(self) -> None:
-        if self._task is not None:
+        """Stop following, within a few seconds whatever Redis does.
+
+        A cancellation that lands as a socket timeout fires can be swallowed on the way through
+        redis-py's reader (Python 3.11's ``asyncio.timeout``), so the loops also check a flag each
+        turn, and the cancel is repeated until the task has ended.
+        """
+        self._stopping = True
+        while self._task is not None and not self._task.done():
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=_TIMEOUT_S)
         if self._redis is not None:
             await self._redis.aclose()
 
@@ -129,7 +137,7 @@ class StreamFollower:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 self._redis = self._redis or aioredis.Redis.from_url(
                     self._url, socket_timeout=_TIMEOUT_S + _READ_BLOCK_MS / 1000, socket_connect_timeout=_TIMEOUT_S
@@ -174,7 +182,7 @@ class StreamFollower:
 
     async def _follow(self, cursor: StreamId, skip_until: dict[str, StreamId]) -> None:
         assert self._redis is not None
-        while True:
+        while not self._stopping:
             reply = await self._redis.xread(
                 {self._keys.stream: _format_id(cursor)}, count=_READ_BATCH, block=_READ_BLOCK_MS
             )
