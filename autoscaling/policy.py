@@ -60,6 +60,12 @@ class ReplicaSignals:
     tokens_per_s: float = 0.0
     finished_per_s: float = 0.0  # requests the replica completed per second (its measured service rate)
     acceptance_length: float | None = None  # DFlash's recent mean tokens per draft-and-verify step
+    recent_running: float | None = None  # the batch tokens_per_s was delivered at; None: ``running``
+
+    @property
+    def window_batch(self) -> float:
+        """The running batch over the window ``tokens_per_s`` covers (the last step's when not measured)."""
+        return self.running if self.recent_running is None else self.recent_running
 
 
 def signals_from_report(report: ReplicaReport | None) -> ReplicaSignals:
@@ -75,6 +81,7 @@ def signals_from_report(report: ReplicaReport | None) -> ReplicaSignals:
         tokens_per_s=report.generation_tokens_per_s,
         finished_per_s=report.finished_requests_per_s,
         acceptance_length=report.recent_acceptance_length,
+        recent_running=report.recent_running,
     )
 
 
@@ -286,11 +293,14 @@ def learn_capacity(replicas: Sequence[ReplicaSignals], state: PolicyState, p: Po
     replica seen at a small batch says little about what it does at its target; one seen near the
     target does. Kept per unit of acceptance length: a step at a given batch costs the same whatever
     the drafter got accepted, so when the traffic mix moves DFlash's acceptance, capacity moves with it.
+    Tokens/s is divided by the batch over the same window: a replica that a burst has just filled
+    reports a full batch now and, over its window, the tokens of the idle seconds before (the last
+    step's batch would read as a slow replica, and the first reading sets the capacity).
     """
     seen = [
-        s.tokens_per_s * p.target_batch / s.running / _tau(s)
+        s.tokens_per_s * p.target_batch / s.window_batch / _tau(s)
         for s in replicas
-        if s.running >= FULL_ENOUGH * p.target_batch and s.tokens_per_s > 0
+        if s.window_batch >= FULL_ENOUGH * p.target_batch and s.tokens_per_s > 0
     ]
     if not seen:
         return state

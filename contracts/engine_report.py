@@ -78,6 +78,9 @@ class ReplicaReport:
     tpot_p90_s: float | None = None
     acceptance_length: float | None = None  # DFlash tau since start: 1 + accepted / drafts
     recent_acceptance_length: float | None = None  # the same over the recent window
+    # The running batch averaged over the recent window, weighted by time: the batch the window's
+    # tokens/s was delivered at (``num_running`` is the last step's, which a burst has just changed).
+    recent_running: float | None = None
 
     _GEOMETRY_KEYS: ClassVar[tuple[str, str, str]] = ("block_size", "group_block_size", "cache_align_tokens")
 

@@ -83,13 +83,27 @@ class RecentLatency:
 
     def __init__(self, window_s: float) -> None:
         self._window_s = window_s
+        self._batch: deque[tuple[float, float]] = deque()  # (t, running x seconds since the last step)
+        self._last: tuple[float, int] | None = None  # the last step's time and running batch
         self._ttft: deque[tuple[float, float]] = deque()
         self._tpot: deque[tuple[float, float]] = deque()
         self._tokens: deque[tuple[float, int]] = deque()
         self._finished: deque[tuple[float, int]] = deque()
         self._drafts: deque[tuple[float, int, int]] = deque()  # (t, drafts, accepted tokens)
 
-    def add(self, now: float, ttfts: list[float], tpots: list[float], tokens: int, finished: int) -> None:
+    def add(
+        self, now: float, ttfts: list[float], tpots: list[float], tokens: int, finished: int, running: int
+    ) -> None:
+        """One engine step: its latencies, tokens and finished requests, and the batch it left running.
+
+        The batch counts from one step to the next (a step's batch runs until the next step reports),
+        capped at the window: an idle gap after a step that left nothing running adds nothing.
+        """
+        if self._last is not None:
+            then, batch = self._last
+            if batch:
+                self._batch.append((now, batch * min(now - then, self._window_s)))
+        self._last = (now, running)
         self._ttft.extend((now, v) for v in ttfts)
         self._tpot.extend((now, v) for v in tpots)
         if tokens:
@@ -108,6 +122,7 @@ class RecentLatency:
         out = {
             "generation_tokens_per_s": sum(n for _, n in self._tokens) / self._window_s,
             "finished_requests_per_s": sum(n for _, n in self._finished) / self._window_s,
+            "recent_running": sum(n for _, n in self._batch) / self._window_s,
         }
         if self._ttft:
             out["ttft_p90_s"] = p90([v for _, v in self._ttft])
@@ -120,7 +135,7 @@ class RecentLatency:
 
     def _expire(self, now: float) -> None:
         horizon = now - self._window_s
-        for q in (self._ttft, self._tpot, self._tokens, self._finished, self._drafts):
+        for q in (self._ttft, self._tpot, self._tokens, self._finished, self._drafts, self._batch):
             while q and q[0][0] < horizon:
                 q.popleft()
 
@@ -184,6 +199,7 @@ class ReplicaStatsLogger:
                     tpots,
                     iteration_stats.num_generation_tokens,
                     len(iteration_stats.finished_requests),
+                    s.num_running,
                 )
 
     def log_engine_initialized(self) -> None:

@@ -168,6 +168,14 @@ def test_capacity_is_learned_near_the_target_batch_only():
     assert token_needed(many, IDLE) == 0.0
 
 
+def test_capacity_divides_the_windows_tokens_by_the_windows_batch():
+    """A replica a burst has just filled: 48 running now, 8 over the window its tokens/s covers."""
+    filled = [_busy(48, tokens_per_s=1000, recent_running=8)]
+    assert learn_capacity(filled, IDLE, P) == IDLE  # not yet measured near the target batch
+    settled = [_busy(48, tokens_per_s=8000, recent_running=48)]
+    assert learn_capacity(settled, IDLE, P).capacity_tps == pytest.approx(8000)
+
+
 def test_capacity_follows_the_acceptance_length():
     # Learned at tau 6; the mix shifts to tau 3: the same tokens/s now take twice the steps.
     state = learn_capacity([_busy(48, tokens_per_s=6000, acceptance_length=6.0)], IDLE, P)

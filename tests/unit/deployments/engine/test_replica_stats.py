@@ -19,8 +19,8 @@ def test_p90_nearest_rank():
 
 def test_window_forgets_old_samples_and_rates_tokens():
     w = RecentLatency(window_s=10)
-    w.add(0.0, [5.0], [0.5], 100, 1)
-    w.add(8.0, [0.1, 0.2], [0.01], 50, 2)
+    w.add(0.0, [5.0], [0.5], 100, 1, running=0)
+    w.add(8.0, [0.1, 0.2], [0.01], 50, 2, running=0)
     snap = w.snapshot(9.0)
     assert snap["ttft_p90_s"] == 5.0 and snap["tpot_p90_s"] == 0.5
     assert snap["generation_tokens_per_s"] == pytest.approx(15.0)
@@ -33,7 +33,18 @@ def test_window_forgets_old_samples_and_rates_tokens():
     w.add_drafts(10.0, drafts=4, accepted=20)
     assert w.snapshot(10.5)["recent_acceptance_length"] == pytest.approx(6.0)
     # no samples: rates 0, no latency keys
-    assert w.snapshot(100.0) == {"generation_tokens_per_s": 0.0, "finished_requests_per_s": 0.0}
+    assert w.snapshot(100.0) == {"generation_tokens_per_s": 0.0, "finished_requests_per_s": 0.0, "recent_running": 0.0}
+
+
+def test_window_batch_is_weighted_by_time_and_ignores_idle_gaps():
+    """A burst that has just filled a replica shows in its last step, not yet in its window's batch."""
+    w = RecentLatency(window_s=10)
+    w.add(0.0, [], [], 0, 0, running=1)
+    w.add(4.0, [], [], 4, 0, running=0)  # one sequence for 4 s, then idle
+    w.add(9.0, [], [], 0, 0, running=8)  # a burst arrives after 5 idle seconds
+    w.add(10.0, [], [], 8, 0, running=8)  # eight sequences for 1 s
+    assert w.snapshot(10.0)["recent_running"] == pytest.approx((1 * 4 + 8 * 1) / 10)
+    assert w.snapshot(14.5)["recent_running"] == pytest.approx(8 / 10)  # the first 4 s left the window
 
 
 def test_logger_reads_vllm_iteration_stats():
@@ -64,7 +75,7 @@ def test_the_engines_record_fits_the_report_contract_and_survives_the_wire():
 
     stats, recent = ReplicaStats(num_waiting=3, kv_cache_usage=0.5, spec_drafts_total=4), RecentLatency(30)
     stats.spec_accepted_tokens_total = 6
-    recent.add(1.0, [0.2], [0.01], tokens=5, finished=1)
+    recent.add(1.0, [0.2], [0.01], tokens=5, finished=1, running=2)
     report = build_report(stats, recent.snapshot(1.0), BlockGeometry(32, 64, 64), 2, 1)
     assert report.acceptance_length == pytest.approx(2.5)
     assert report.ttft_p90_s == 0.2 and report.recent_acceptance_length is None
