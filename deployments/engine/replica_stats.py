@@ -91,9 +91,7 @@ class RecentLatency:
         self._finished: deque[tuple[float, int]] = deque()
         self._drafts: deque[tuple[float, int, int]] = deque()  # (t, drafts, accepted tokens)
 
-    def add(
-        self, now: float, ttfts: list[float], tpots: list[float], tokens: int, finished: int, running: int
-    ) -> None:
+    def add(self, now: float, ttfts: list[float], tpots: list[float], tokens: int, finished: int, running: int) -> None:
         """One engine step: its latencies, tokens and finished requests, and the batch it left running.
 
         The batch counts from one step to the next (a step's batch runs until the next step reports),

@@ -75,8 +75,8 @@ def test_fuzzed_requests_get_no_5xx_and_openai_errors(served: Served):
         def fuzz(case: Any) -> None:
             try:
                 resp = case.call(base_url=served.base_url, timeout=120)
-            except requests.Timeout:  # a hang is a failure with its body, not an error that hides it
-                bad.append(f"no answer in 120 s: {case.method} {case.path} {case.body!r:.4000}")  # all of it: reproducible
+            except requests.Timeout:  # a hang is a failure with its whole body (to replay), not an error
+                bad.append(f"no answer in 120 s: {case.method} {case.path} {case.body!r:.4000}")
                 return
             statuses[resp.status_code] += 1
             if resp.status_code >= 500 or (resp.status_code >= 400 and not _is_openai_error(resp)):
