@@ -41,12 +41,33 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
     return parse_json(b"".join(chunks))
 
 
+# Deeper than any real request (a tool's JSON schema nests a few levels); every layer after the parser
+# (pydantic, pickling to the engine, the chat template) recurses on the body, and Python's parser itself
+# raises RecursionError, not ValueError, on a bracket bomb.
+MAX_JSON_DEPTH = 64
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` containers (iterative: the check must not recurse)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
-    """``raw`` as a JSON object; ``NaN`` and ``Infinity``, which Python's parser takes but JSON has not, are refused."""
+    """``raw`` as a JSON object; ``NaN`` and ``Infinity``, which Python's parser takes but JSON has not, are refused,
+    and so is nesting deeper than :data:`MAX_JSON_DEPTH`."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -55,9 +76,17 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         body = json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
         raise ApiError(400, f"Request body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError as exc:
+        raise _nested_too_deeply() from exc
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
+    if _too_deep(body, MAX_JSON_DEPTH):
+        raise _nested_too_deeply()
     return body
+
+
+def _nested_too_deeply() -> ApiError:
+    return ApiError(400, f"Request body nests deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json")
 
 
 def requested_model(body: dict[str, Any]) -> str:

@@ -267,6 +267,7 @@ def _chat(**kw: object) -> str:
         ("/completions", json.dumps({"model": DFLASH_MODEL}), 400, "prompt"),
         ("/completions", json.dumps({"model": DFLASH_MODEL, "prompt": "x", "n": "many"}), 400, "n"),
         ("/no-such-route", _chat(), 404, "not found"),
+        ("/chat/completions", b"[" * 100_000, 400, "nests deeper"),
     ],
     ids=[
         "unknown-model",
@@ -285,6 +286,7 @@ def _chat(**kw: object) -> str:
         "missing-prompt",
         "bad-n",
         "unknown-route",
+        "nesting-bomb",
     ],
 )
 def test_client_errors(served: Served, path: str, content: bytes | str, status: int, needle: str):

@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from deployments.ingress.errors import ApiError
 from deployments.ingress.validation import (
+    MAX_JSON_DEPTH,
     materialized,
     parse_json,
     protocol,
@@ -73,6 +74,24 @@ def test_client_kv_transfer_params_are_dropped():
 )
 def test_bodies_that_are_not_a_json_object(raw: bytes, code: str):
     assert _status(lambda: parse_json(raw)) == (400, code)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 100_000,  # the parser's own RecursionError
+        b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # valid, deeper than the parser can go
+        b'{"a": ' + b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH + b"}",  # parses; one level over the limit
+    ],
+    ids=["unclosed-bomb", "closed-bomb", "one-over"],
+)
+def test_nesting_bombs_are_400(raw: bytes):
+    assert _status(lambda: parse_json(raw)) == (400, "invalid_json")
+
+
+def test_nesting_up_to_the_limit_is_accepted():
+    raw = b'{"a": ' + b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1) + b"}"
+    assert parse_json(raw)["a"] is not None
 
 
 def test_nan_is_not_json():
