@@ -78,6 +78,21 @@ class IngressConfig(Strict):
     max_ongoing_requests: int = Field(1024, ge=1, description="Requests one ingress replica holds at once.")
     request_timeout_s: float = Field(600, gt=0, description="Longest a request may take end to end.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_messages: int = Field(
+        512,
+        ge=1,
+        description="Most messages in one chat request: chat templates render in time quadratic in their number "
+        "(Gemma-4's: 0.9 s for 256 messages, 10 s for 1,024 on one core), on the ingress and again on the engine.",
+    )
+    render_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="Longest the ingress renders a prompt for the router, in a worker thread; past it the "
+        "request routes cold and its engine renders it (vLLM bounds that with its own timeout).",
+    )
+    render_workers: int = Field(
+        2, ge=1, description="Threads per ingress replica rendering prompts (a wait for one counts in the timeout)."
+    )
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     dispatch_retries: int = Field(
         2,

@@ -15,9 +15,11 @@ bound when this module is imported, so ``@serve.ingress`` freezing the module's 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -34,7 +36,7 @@ from deployments.ingress.dispatch import Dispatcher, RequestContext
 from deployments.ingress.errors import ApiError, error_body
 from deployments.ingress.ingress_metrics import IngressMetrics, engine_exposition, ingress_exposition
 from deployments.ingress.openapi import openapi_document
-from deployments.ingress.prompt import load_tokenizer, routing_hint
+from deployments.ingress.prompt import RenderedPrompt, load_tokenizer, render_prompt, routing_hint, template_variables
 from deployments.ingress.validation import (
     ENDPOINTS,
     protocol,
@@ -102,9 +104,12 @@ class Ingress:
         self._admission = Admission(admission_limits, config.ingress.admission)
         self._dispatcher = Dispatcher(engines, config.ingress, self._metrics)
         self._created = int(time.time())
-        self._tokenizers = {
-            m.id: load_tokenizer(m.tokenizer or m.target) for m in config.models if m.routing.needs_tokens
-        }
+        tokenizers = {m.id: load_tokenizer(m.tokenizer or m.target) for m in config.models}
+        self._template_inputs = {model_id: template_variables(tok) for model_id, tok in tokenizers.items()}
+        self._tokenizers = {m.id: tokenizers[m.id] for m in config.models if m.routing.needs_tokens}
+        # Rendering a chat template is CPU work that grows with the conversation: off the event loop, in
+        # a bounded pool, under a deadline (see _render).
+        self._render_pool = ThreadPoolExecutor(config.ingress.render_workers, thread_name_prefix="prompt-render")
         protocol("chat"), protocol("completions")  # import vLLM's protocol now, not on the first request
 
     # ----------------------------------------------------------------------------- routes
@@ -172,15 +177,20 @@ class Ingress:
             if model_id not in self._engines:
                 raise unknown_model(model_id, self._models)
             model_label = model_id
-            req = validated_request(kind, body)
+            req = validated_request(
+                kind,
+                body,
+                max_messages=self._config.ingress.max_messages,
+                template_inputs=self._template_inputs.get(model_id, frozenset()),
+            )
             req.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
             slot = await self._admit(model_id)
             ctx = RequestContext(kind=kind, model_id=model_id, request_id=req.request_id, start=start, slot=slot)
             response: Response | None = None
             try:
-                tokenizer = self._tokenizers.get(model_id)
+                rendered = await self._render(kind, req, model_id)
                 session_id = request.headers.get("x-session-id")
-                hint = routing_hint(kind, req, self._models[model_id], tokenizer, session_id)
+                hint = routing_hint(kind, req, self._models[model_id], rendered, session_id)
                 response = await self._dispatcher.dispatch(ctx, req, hint)
             finally:
                 if not isinstance(response, StreamingResponse):
@@ -191,6 +201,24 @@ class Ingress:
         if not isinstance(response, StreamingResponse):
             self._metrics.observe(model_label, endpoint, response.status_code, start)
         return response
+
+    async def _render(self, kind: str, req: Any, model_id: str) -> RenderedPrompt | None:
+        """The prompt's token ids for the router, rendered in the pool within ``ingress.render_timeout_s``.
+
+        None where the model's routing needs no tokens, or the rendering failed or ran out of time: the
+        request then routes cold and its engine renders the prompt. A rendering that ran out of time
+        finishes in its thread and is dropped (it only reads the request).
+        """
+        tokenizer = self._tokenizers.get(model_id)
+        if tokenizer is None:
+            return None
+        job = asyncio.get_running_loop().run_in_executor(self._render_pool, render_prompt, tokenizer, kind, req)
+        try:
+            return await asyncio.wait_for(job, self._config.ingress.render_timeout_s)
+        except TimeoutError:
+            self._metrics.render_timeouts.labels(model_id).inc()
+            logger.info("request %s: prompt not rendered within the render timeout; routed cold", req.request_id)
+            return None
 
     async def _admit(self, model_id: str) -> Slot:
         try:

@@ -54,6 +54,12 @@ class IngressMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.render_timeouts = Counter(
+            "dflash_serve_render_timeouts",
+            "Requests routed cold because their prompt did not render within ingress.render_timeout_s, by model.",
+            ["model"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "dflash_serve_request_duration_seconds",
             "Time from request arrival at the ingress to its last response byte.",

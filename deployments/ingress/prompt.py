@@ -12,6 +12,7 @@ the router routes on the ingress's close approximation; rendering never fails a 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from config import ModelConfig
@@ -20,6 +21,20 @@ from contracts.engine_report import RoutingHint
 logger = logging.getLogger(__name__)
 
 _PLAIN_MESSAGE_KEYS = frozenset({"role", "content", "name"})
+# Template variables a client may not set through ``chat_template_kwargs``: the ingress and vLLM pass the
+# first ones themselves, and the tokenizer fills in the special tokens and the helpers.
+_NOT_CLIENT_VARIABLES = frozenset(
+    {"messages", "tools", "documents", "add_generation_prompt", "chat_template", "tokenize"}
+    | {"bos_token", "eos_token", "pad_token", "unk_token", "raise_exception", "strftime_now"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedPrompt:
+    """A request's prompt token ids as the ingress rendered them, and whether they are exactly vLLM's."""
+
+    token_ids: list[int]
+    exact: bool
 
 
 def load_tokenizer(source: str) -> Any:
@@ -27,6 +42,25 @@ def load_tokenizer(source: str) -> Any:
     from vllm.tokenizers import get_tokenizer
 
     return get_tokenizer(source)
+
+
+def template_variables(tokenizer: Any) -> frozenset[str]:
+    """The variables the model's chat template reads that a client may set (``chat_template_kwargs``).
+
+    The allow-list for a request's ``chat_template_kwargs``: vLLM also passes on the tokenizer's own
+    keyword arguments (``padding``, ``max_length``, ...), which do nothing useful for a chat and are
+    the client's handle on the tokenizer's code paths.
+    """
+    import jinja2
+    import jinja2.meta
+
+    template = getattr(tokenizer, "chat_template", None) or ""
+    sources = template.values() if isinstance(template, dict) else [template]
+    env = jinja2.Environment()
+    names: set[str] = set()
+    for source in sources:
+        names |= jinja2.meta.find_undeclared_variables(env.parse(source))
+    return frozenset(names - _NOT_CLIENT_VARIABLES)
 
 
 def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
@@ -96,25 +130,37 @@ def forward_token_ids(kind: str, req: Any, token_ids: list[int], max_model_len: 
     req.kv_transfer_params = {"prompt_token_ids": token_ids}
 
 
-def routing_hint(kind: str, req: Any, model: ModelConfig, tokenizer: Any | None, session_id: str | None) -> RoutingHint:
+def render_prompt(tokenizer: Any, kind: str, req: Any) -> RenderedPrompt | None:
+    """:func:`prompt_token_ids` of ``req``, or None where it fails (e.g. a template error vLLM reports properly).
+
+    Reads ``req`` only: the ingress runs it in a worker thread under a time budget, and may hand ``req``
+    to an engine while a rendering that ran out of time is still going.
+    """
+    try:
+        token_ids, exact = prompt_token_ids(tokenizer, kind, req)
+    except Exception as exc:  # noqa: BLE001 - rendering never fails a request
+        logger.debug("request %s routed without its prompt tokens: %r", req.request_id, exc)
+        return None
+    return RenderedPrompt(token_ids, exact)
+
+
+def routing_hint(
+    kind: str, req: Any, model: ModelConfig, rendered: RenderedPrompt | None, session_id: str | None
+) -> RoutingHint:
     """Token ids (and session key) the router needs; routing falls back to cold, never fails a request.
 
-    ``tokenizer`` is None for a model whose routing needs no tokens; ``session_id`` is the client's
-    ``x-session-id`` header: with session affinity on, it (or else the OpenAI ``user`` field) keys the session.
-    Forwards the ids to the engine (:func:`forward_token_ids`) when they are exactly vLLM's rendering.
+    ``rendered`` is None for a model whose routing needs no tokens, and for a prompt that could not be
+    rendered (in time); ``session_id`` is the client's ``x-session-id`` header: with session affinity on,
+    it (or else the OpenAI ``user`` field) keys the session. Forwards the ids to the engine
+    (:func:`forward_token_ids`) when they are exactly vLLM's rendering.
     """
     session = None
     if model.routing.session_affinity:
         session = session_id or getattr(req, "user", None)
-    token_ids: list[int] = []
-    if tokenizer is not None:
-        exact = False
-        try:
-            token_ids, exact = prompt_token_ids(tokenizer, kind, req)
-        except Exception as exc:  # noqa: BLE001 - e.g. a template error vLLM will report properly
-            logger.debug("request %s routed without its prompt tokens: %r", req.request_id, exc)
-        # When our ids are not exactly vLLM's (tool-call history, media), vLLM renders the prompt
-        # itself and the router routes on our close approximation.
-        if exact:
-            forward_token_ids(kind, req, token_ids, model.engine.max_model_len)
-    return RoutingHint(token_ids=tuple(token_ids), session_key=session)
+    if rendered is None:
+        return RoutingHint(session_key=session)
+    # When our ids are not exactly vLLM's (tool-call history, media), vLLM renders the prompt itself
+    # and the router routes on our close approximation.
+    if rendered.exact:
+        forward_token_ids(kind, req, rendered.token_ids, model.engine.max_model_len)
+    return RoutingHint(token_ids=tuple(rendered.token_ids), session_key=session)

@@ -107,10 +107,18 @@ def unknown_model(model_id: Any, available: Iterable[str]) -> ApiError:
     )
 
 
-def check_messages(messages: Any) -> None:
-    """OpenAI's rules for ``messages`` that vLLM leaves to the chat template (it accepts any role)."""
+def check_messages(messages: Any, max_messages: int) -> None:
+    """OpenAI's rules for ``messages`` that vLLM leaves to the chat template (it accepts any role), and the
+    app's cap on their number (``ingress.max_messages``)."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "`messages` must be a non-empty list.", param="messages", code="invalid_messages")
+    if len(messages) > max_messages:
+        raise ApiError(
+            400,
+            f"{len(messages)} messages exceed this endpoint's limit of {max_messages}.",
+            param="messages",
+            code="too_many_messages",
+        )
     for i, msg in enumerate(messages):
         role = msg.get("role") if isinstance(msg, dict) else None
         if role not in CHAT_ROLES:
@@ -153,11 +161,34 @@ def parsed_request(kind: str, body: dict[str, Any]) -> Any:
     return materialized(protocol(kind).model_validate(body))
 
 
-def validated_request(kind: str, body: dict[str, Any]) -> Any:
+def check_template_inputs(body: dict[str, Any], allowed: frozenset[str]) -> None:
+    """A chat's template inputs: no template of the client's own, and only kwargs the model's template reads.
+
+    A client ``chat_template`` is a Jinja program run on the ingress and the engines (vLLM refuses it
+    unless trusted, but only after the ingress would have rendered it); ``chat_template_kwargs`` keys
+    the template does not read (``allowed``: :func:`deployments.ingress.prompt.template_variables`) are
+    dropped, as vLLM drops unknown ones, so the tokenizer's own arguments never reach it.
+    """
+    kwargs = body.get("chat_template_kwargs")
+    if body.get("chat_template") is not None or (isinstance(kwargs, dict) and "chat_template" in kwargs):
+        raise ApiError(
+            400,
+            "A request may not carry its own `chat_template`: the model's template is used.",
+            param="chat_template",
+            code="chat_template_not_allowed",
+        )
+    if isinstance(kwargs, dict) and set(kwargs) - allowed:
+        body["chat_template_kwargs"] = {k: v for k, v in kwargs.items() if k in allowed}
+        logger.debug("chat_template_kwargs not read by the template dropped: %s", sorted(set(kwargs) - allowed))
+
+
+def validated_request(kind: str, body: dict[str, Any], *, max_messages: int, template_inputs: frozenset[str]) -> Any:
     """:func:`parsed_request` of ``body``, with every way it can fail on client input turned into a 400.
 
     A client's ``kv_transfer_params`` are dropped first: there is no disaggregated prefill here, and
-    the ingress itself uses the field to hand a chat's prompt token ids to the engine.
+    the ingress itself uses the field to hand a chat's prompt token ids to the engine. A chat's
+    messages are capped at ``max_messages`` and its template inputs checked against ``template_inputs``
+    (:func:`check_template_inputs`).
     """
     from pydantic import ValidationError
     from vllm.exceptions import VLLMClientError
@@ -165,7 +196,8 @@ def validated_request(kind: str, body: dict[str, Any]) -> Any:
     if body.pop("kv_transfer_params", None) is not None:
         logger.debug("client kv_transfer_params ignored: no disaggregated prefill here")
     if kind == "chat":
-        check_messages(body.get("messages"))
+        check_messages(body.get("messages"), max_messages)
+        check_template_inputs(body, template_inputs)
     try:
         return parsed_request(kind, body)
     except ValidationError as exc:

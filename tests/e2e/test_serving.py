@@ -92,7 +92,8 @@ def test_completions_echo_answers_as_vllm_does(served: Served, extra: dict):
     assert through_ingress.status_code == 200, through_ingress.text
     # The same request straight to an engine replica, validated as the ingress validates it, ids not forwarded.
     engine = served.engine_handle(AR_MODEL).options(stream=True)
-    replies = list(engine.completions.remote(validated_request("completions", dict(body))))
+    req = validated_request("completions", dict(body), max_messages=1, template_inputs=frozenset())
+    replies = list(engine.completions.remote(req))
     assert [(kind, status) for kind, status, _ in replies] == [("json", 200)]
     ours, vllms = through_ingress.json(), json.loads(json.dumps(replies[0][2]))  # as JSON, like the ingress's
     assert ours["choices"][0]["text"].startswith(body["prompt"])
@@ -268,6 +269,9 @@ def _chat(**kw: object) -> str:
         ("/completions", json.dumps({"model": DFLASH_MODEL, "prompt": "x", "n": "many"}), 400, "n"),
         ("/no-such-route", _chat(), 404, "not found"),
         ("/chat/completions", b"[" * 100_000, 400, "nests deeper"),
+        ("/chat/completions", _chat(messages=[{"role": "user", "content": "x"}] * 5000), 400, "messages exceed"),
+        ("/chat/completions", _chat(chat_template="{{ 7 * 7 }}"), 400, "chat_template"),
+        ("/chat/completions", _chat(chat_template_kwargs={"chat_template": "{{ 7 }}"}), 400, "chat_template"),
     ],
     ids=[
         "unknown-model",
@@ -287,6 +291,9 @@ def _chat(**kw: object) -> str:
         "bad-n",
         "unknown-route",
         "nesting-bomb",
+        "too-many-messages",
+        "client-chat-template",
+        "client-chat-template-kwarg",
     ],
 )
 def test_client_errors(served: Served, path: str, content: bytes | str, status: int, needle: str):

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from config import ModelConfig, RoutingConfig
-from deployments.ingress.prompt import plain_messages, prompt_token_ids, routing_hint
+from deployments.ingress.prompt import plain_messages, prompt_token_ids, render_prompt, routing_hint, template_variables
 from deployments.ingress.validation import parsed_request
 
 BOS = 2
@@ -88,9 +88,15 @@ def test_chat_ids_come_from_the_template_of_the_plain_messages():
     assert tok.templated == [[{"role": "user", "content": "a\nb"}]]
 
 
+def _hint(kind: str, req: Any, model: Any, tokenizer: Any, session_id: str | None) -> Any:
+    """The hint as the ingress builds it: rendered (when the model's routing needs tokens), then hinted."""
+    rendered = render_prompt(tokenizer, kind, req) if tokenizer is not None else None
+    return routing_hint(kind, req, model, rendered, session_id)
+
+
 def test_completion_prompt_is_forwarded_as_ids():
     req = _completion(prompt="ab")
-    hint = routing_hint("completions", req, _model(), _Tokenizer(), None)
+    hint = _hint("completions", req, _model(), _Tokenizer(), None)
     assert hint.token_ids == (BOS, 97, 98) and hint.session_key is None
     assert req.prompt == [BOS, 97, 98]
 
@@ -103,7 +109,7 @@ def test_completion_prompt_is_forwarded_as_ids():
 def test_completion_prompt_stays_text_where_vllm_would_answer_otherwise(extra: dict):
     """echo: vLLM would echo the ids decoded, BOS included, instead of the prompt as sent."""
     req = _completion(prompt="ab", **extra)
-    hint = routing_hint("completions", req, _model(), _Tokenizer(), None)
+    hint = _hint("completions", req, _model(), _Tokenizer(), None)
     assert hint.token_ids == (BOS, 97, 98)  # still routed on its ids
     assert req.prompt == "ab"
 
@@ -111,17 +117,17 @@ def test_completion_prompt_stays_text_where_vllm_would_answer_otherwise(extra: d
 def test_a_completion_prompt_longer_than_the_context_stays_text():
     """vLLM refuses it either way, with the wording of its text path."""
     fits, too_long = _completion(prompt="x" * 15), _completion(prompt="x" * 16)  # BOS makes 16 and 17 ids
-    routing_hint("completions", fits, _model(max_model_len=16), _Tokenizer(), None)
-    assert len(routing_hint("completions", too_long, _model(max_model_len=16), _Tokenizer(), None).token_ids) == 17
+    _hint("completions", fits, _model(max_model_len=16), _Tokenizer(), None)
+    assert len(_hint("completions", too_long, _model(max_model_len=16), _Tokenizer(), None).token_ids) == 17
     assert fits.prompt == [BOS] + [ord("x")] * 15 and too_long.prompt == "x" * 16
 
 
 def test_chat_ids_are_forwarded_through_kv_transfer_params_unless_echo():
     req = _chat([{"role": "user", "content": "hi"}])
-    routing_hint("chat", req, _model(), _Tokenizer(), None)
+    _hint("chat", req, _model(), _Tokenizer(), None)
     assert req.kv_transfer_params == {"prompt_token_ids": [BOS, 7, 8]}
     echoed = _chat([{"role": "user", "content": "hi"}], echo=True)
-    assert routing_hint("chat", echoed, _model(), _Tokenizer(), None).token_ids == (BOS, 7, 8)
+    assert _hint("chat", echoed, _model(), _Tokenizer(), None).token_ids == (BOS, 7, 8)
     assert echoed.kv_transfer_params is None
 
 
@@ -131,13 +137,23 @@ def test_a_failed_rendering_routes_cold_and_forwards_nothing():
             raise ValueError("no")
 
     req = _completion(prompt="ab")
-    assert routing_hint("completions", req, _model(), Broken(), None).token_ids == ()
-    assert routing_hint("completions", req, _model(), None, None).token_ids == ()
+    assert _hint("completions", req, _model(), Broken(), None).token_ids == ()
+    assert _hint("completions", req, _model(), None, None).token_ids == ()
     assert req.prompt == "ab"
 
 
 def test_session_key_is_the_header_else_the_user_with_affinity_on():
     req = _completion(prompt="ab", user="u")
-    assert routing_hint("completions", req, _model(session_affinity=True), None, "s").session_key == "s"
-    assert routing_hint("completions", req, _model(session_affinity=True), None, None).session_key == "u"
-    assert routing_hint("completions", req, _model(), None, "s").session_key is None
+    assert _hint("completions", req, _model(session_affinity=True), None, "s").session_key == "s"
+    assert _hint("completions", req, _model(session_affinity=True), None, None).session_key == "u"
+    assert _hint("completions", req, _model(), None, "s").session_key is None
+
+
+def test_client_template_variables_are_what_the_template_reads_less_what_the_caller_sets():
+    """Gemma-4's template reads enable_thinking; the tokenizer's own kwargs (padding, ...) are not template inputs."""
+    from deployments.ingress.prompt import load_tokenizer
+    from training.gemma4_layout import TOKENIZER_DIR
+
+    allowed = template_variables(load_tokenizer(str(TOKENIZER_DIR)))
+    assert "enable_thinking" in allowed
+    assert not allowed & {"messages", "tools", "add_generation_prompt", "bos_token", "padding", "max_length"}

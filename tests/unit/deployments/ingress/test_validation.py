@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+from typing import Any
 
 import pytest
 from starlette.requests import Request
@@ -42,6 +43,10 @@ def _status(call) -> tuple[int, str | None]:
     return err.value.status, err.value.code
 
 
+def _validated(kind: str, body: dict, max_messages: int = 8, template_inputs: frozenset[str] = frozenset()) -> Any:
+    return validated_request(kind, body, max_messages=max_messages, template_inputs=template_inputs)
+
+
 def test_content_part_iterables_become_lists_that_pickle():
     messages = [{"role": "system", "content": []}, {"role": "user", "content": "hi"}]
     body = {"model": "m", "max_tokens": 3, "messages": messages}
@@ -53,18 +58,41 @@ def test_content_part_iterables_become_lists_that_pickle():
 
 def test_fields_that_crash_vllms_validators_are_client_errors():
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "structured_outputs": True}
-    assert _status(lambda: validated_request("chat", body)) == (400, None)
+    assert _status(lambda: _validated("chat", body)) == (400, None)
 
 
 def test_bad_roles_and_empty_messages_are_refused_before_vllm():
-    assert _status(lambda: validated_request("chat", {"model": "m", "messages": []})) == (400, "invalid_messages")
+    assert _status(lambda: _validated("chat", {"model": "m", "messages": []})) == (400, "invalid_messages")
     wizard = {"model": "m", "messages": [{"role": "wizard", "content": "x"}]}
-    assert _status(lambda: validated_request("chat", wizard)) == (400, "invalid_role")
+    assert _status(lambda: _validated("chat", wizard)) == (400, "invalid_role")
+
+
+def test_too_many_messages_is_400():
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}] * 9}
+    assert _status(lambda: _validated("chat", body, max_messages=8)) == (400, "too_many_messages")
+    assert _validated("chat", {**body, "messages": body["messages"][:8]}, max_messages=8).messages
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"chat_template": "{{ 7 * 7 }}"}, {"chat_template_kwargs": {"chat_template": "{{ 7 * 7 }}"}}],
+    ids=["field", "kwarg"],
+)
+def test_a_clients_own_chat_template_is_400(extra: dict):
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], **extra}
+    assert _status(lambda: _validated("chat", body)) == (400, "chat_template_not_allowed")
+
+
+def test_chat_template_kwargs_keep_only_what_the_template_reads():
+    kwargs = {"enable_thinking": True, "padding": "max_length", "max_length": 10**9, "tokenize": False}
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": kwargs}
+    req = _validated("chat", body, template_inputs=frozenset({"enable_thinking"}))
+    assert req.chat_template_kwargs == {"enable_thinking": True}
 
 
 def test_client_kv_transfer_params_are_dropped():
     body = {"model": "m", "prompt": "hi", "kv_transfer_params": {"prompt_token_ids": [1, 2]}}
-    req = validated_request("completions", body)
+    req = _validated("completions", body)
     assert req.prompt == "hi" and req.kv_transfer_params is None
 
 
