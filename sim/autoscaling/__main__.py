@@ -1,29 +1,44 @@
-"""Autoscaling benchmark: our SLO policy vs Serve's default on simulated B300 replicas that start in minutes.
+"""Autoscaling benchmark: our SLO policy vs Serve's default (tuned) and static fleets, simulated B300 replicas.
 
     python -m sim.autoscaling [--quick] [--out DIR]        (make bench-autoscaling)
 
-Two traces (a 10x burst between quiet periods, and a diurnal ramp), each run with every arm of
-``sim/autoscaling/arms.py`` on the same requests. Prints SLO attainment (share of requests with
-TTFT and time per output token within the production config's objective), replica-hours and requests
-cut at downscale per arm, and our policy's ratios to the best-tuned default (the one with the highest
-attainment, ties to the cheaper); writes ``autoscaling_sim.json`` and PNGs to ``docs/autoscaling/``
-(``--quick``: ``bench/results/``).
+Two traces (a 10x burst between quiet periods, and a diurnal ramp). Serve's default policy is run over
+a grid of its own ``AutoscalingConfig`` knobs (``sim/autoscaling/arms.py``) on the *tuning* seeds, and
+its best point per trace (highest mean attainment, ties within ``ATTAINMENT_TOLERANCE`` to the cheaper)
+is picked there. Then every arm (ours, Serve's shipped settings, Serve's best-tuned point, static fleets
+sized to the trace's p95 and peak load) runs on the *held-out* seeds, which no choice has seen: a
+policy tuned on the seeds that score it would be flattered. Prints, per trace, SLO attainment (share
+of requests with TTFT and time per output token within the production config's objective) and
+replica-hours as the held-out mean with its min-max, and the Pareto front of (attainment up,
+replica-hours down); writes ``autoscaling_sim.json`` and PNGs to ``docs/autoscaling/`` (``--quick``:
+shorter traces, one seed each, to ``bench/results/``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from serve_app.serve_options import graceful_shutdown_timeout_s, max_ongoing_requests
-from sim.autoscaling.arms import Arm, arms, benchmark_model, slo_of
+from sim.autoscaling.arms import (
+    SHIPPED,
+    Arm,
+    benchmark_model,
+    grid_arms,
+    slo_arm,
+    slo_of,
+    static_arm,
+    static_sizes,
+)
 from sim.autoscaling.cluster import AutoscaledCluster, ClusterConfig, RunResult
 from sim.autoscaling.traces import Trace, bursty, diurnal
 from sim.production import production_app
@@ -34,6 +49,9 @@ GOAL_HOURS_RATIO = 0.8  # >= 20% fewer replica-hours than the best-tuned default
 # ... at the same or better attainment; the simulator's requests are Poisson draws, so "the same" allows
 # this much (a few hundred requests out of tens of thousands).
 ATTAINMENT_TOLERANCE = 0.005
+TUNING_SEEDS = (0, 1, 2)
+HELD_OUT_SEEDS = (3, 4, 5)
+MEANED = ("slo_attainment", "ttft_ok", "tpot_ok", "ttft_p90_s", "replica_hours", "mean_replicas", "scale_events")
 
 
 def summarize(result: RunResult, trace: Trace, ttft_s: float, tpot_s: float) -> dict[str, Any]:
@@ -60,9 +78,50 @@ def summarize(result: RunResult, trace: Trace, ttft_s: float, tpot_s: float) -> 
     }
 
 
-def best_default(rows: dict[str, dict[str, Any]]) -> str:
-    defaults = [name for name in rows if name != "slo"]
-    return max(defaults, key=lambda n: (round(rows[n]["slo_attainment"], 3), -rows[n]["replica_hours"]))
+def aggregate(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and min-max over seeds of each headline metric (with 3 seeds, min-max is the honest interval)."""
+    out: dict[str, Any] = {}
+    for key in MEANED:
+        values = [row[key] for row in per_seed]
+        out[key] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "per_seed": values}
+    out["peak_replicas"] = max(row["peak_replicas"] for row in per_seed)
+    out["dropped_at_downscale"] = sum(row["dropped_at_downscale"] for row in per_seed)
+    out["requests"] = [row["requests"] for row in per_seed]
+    return out
+
+
+def best_tuned(points: dict[str, tuple[float, float]], tolerance: float = ATTAINMENT_TOLERANCE) -> str:
+    """The grid point with the highest attainment; those within ``tolerance`` of it go to the cheapest.
+
+    ``points``: name -> (mean attainment, mean replica-hours) on the tuning seeds.
+    """
+    top = max(att for att, _ in points.values())
+    near = [name for name, (att, _) in points.items() if att >= top - tolerance]
+    return min(near, key=lambda n: (points[n][1], -points[n][0], n))
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names not dominated in (attainment: higher is better, replica-hours: lower is better), cheapest first.
+
+    A point is dominated when another is at least as good on both and better on one; equal points both stay.
+    """
+    front = [
+        name
+        for name, (att, hours) in points.items()
+        if not any(
+            (a >= att and h <= hours) and (a > att or h < hours) for other, (a, h) in points.items() if other != name
+        )
+    ]
+    return sorted(front, key=lambda n: (points[n][1], -points[n][0], n))
+
+
+def dominated_by(name: str, points: dict[str, tuple[float, float]]) -> list[str]:
+    att, hours = points[name]
+    return sorted(
+        other
+        for other, (a, h) in points.items()
+        if other != name and a >= att and h <= hours and (a > att or h < hours)
+    )
 
 
 def plot(results: dict[str, Any], out: Path) -> list[Path]:
@@ -74,63 +133,107 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     paths = []
     for trace_name, data in results["traces"].items():
         fig, ax = plt.subplots(figsize=(10, 4.5))
-        for name, row in data["arms"].items():
+        for name, row in data["held_out"].items():
             tl = row["timeline"]
             ax.step([p[0] / 60 for p in tl], [p[1] for p in tl], where="post", label=f"{name} (target)")
         ax.set_xlabel("minutes")
         ax.set_ylabel("replicas asked for")
         rate = ax.twinx()
-        tl = next(iter(data["arms"].values()))["timeline"]
+        tl = next(iter(data["held_out"].values()))["timeline"]
         rate.fill_between([p[0] / 60 for p in tl], [p[3] for p in tl], color="grey", alpha=0.15, label="offered req/s")
         rate.set_ylabel("offered requests/s (grey)")
-        ax.legend(loc="upper right", fontsize=8)
-        ax.set_title(f"{trace_name}: {data['description']}")
+        ax.legend(loc="upper right", fontsize=7)
+        ax.set_title(f"{trace_name}: {data['description']} (held-out seed {results['seeds']['held_out'][0]})")
         fig.tight_layout()
         path = out / f"autoscaling_{trace_name}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
-    fig, axes = plt.subplots(1, len(results["traces"]), figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, len(results["traces"]), figsize=(12, 5))
     for ax, (trace_name, data) in zip(axes, results["traces"].items(), strict=True):
-        for name, row in data["arms"].items():
-            ax.scatter(row["replica_hours"], 100 * row["slo_attainment"], s=60, marker="*" if name == "slo" else "o")
-            ax.annotate(name, (row["replica_hours"], 100 * row["slo_attainment"]), fontsize=8)
-        ax.set_xlabel("replica-hours (GPU-hours)")
+        rows = data["held_out"]
+        for name, row in rows.items():
+            att, hours = row["slo_attainment"], row["replica_hours"]
+            x, y = hours["mean"], 100 * att["mean"]
+            ax.errorbar(
+                x,
+                y,
+                xerr=[[x - hours["min"]], [hours["max"] - x]],
+                yerr=[[y - 100 * att["min"]], [100 * att["max"] - y]],
+                fmt="*" if name == "slo" else ("s" if name.startswith("static") else "o"),
+                markersize=10 if name == "slo" else 6,
+                capsize=2,
+            )
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = data["pareto_front"]
+        ax.plot(
+            [rows[n]["replica_hours"]["mean"] for n in front],
+            [100 * rows[n]["slo_attainment"]["mean"] for n in front],
+            "k--",
+            linewidth=0.8,
+            label="Pareto front",
+        )
+        ax.set_xlabel("replica-hours (GPU-hours), held-out mean, min-max bars")
         ax.set_ylabel("SLO attainment, % of requests")
         ax.set_title(trace_name)
-    fig.suptitle("up and left is better")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle("held-out seeds: up and left is better")
     fig.tight_layout()
-    path = out / "autoscaling_tradeoff.png"
+    path = out / "autoscaling_pareto.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     paths.append(path)
     return paths
 
 
+def run_arm(trace: Trace, arm: Arm, cluster: ClusterConfig, seed: int, slo: tuple[float, float]) -> dict[str, Any]:
+    """One arm on one seed; a static fleet starts with all its replicas warm (it never waits for one)."""
+    cfg = dataclasses.replace(cluster, seed=seed, initial_replicas=arm.static_replicas or cluster.initial_replicas)
+    return summarize(AutoscaledCluster(trace, arm.loop(), cfg).run(), trace, *slo)
+
+
+def pct(stat: dict[str, Any]) -> str:
+    return f"{100 * stat['mean']:5.1f}% [{100 * stat['min']:5.1f}, {100 * stat['max']:5.1f}]"
+
+
+def hrs(stat: dict[str, Any]) -> str:
+    return f"{stat['mean']:6.2f} [{stat['min']:6.2f}, {stat['max']:6.2f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter traces (a few minutes of CPU)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="shorter traces, one seed each (a few minutes of CPU)")
+    parser.add_argument("--tuning-seeds", type=int, nargs="+", help=f"default: {TUNING_SEEDS} (--quick: 0)")
+    parser.add_argument("--held-out-seeds", type=int, nargs="+", help=f"default: {HELD_OUT_SEEDS} (--quick: 1)")
     parser.add_argument("--out", type=Path, help="default: docs/autoscaling/ (--quick: bench/results/)")
     args = parser.parse_args()
     args.out = args.out or results_dir("autoscaling", args.quick)
+    tuning = tuple(args.tuning_seeds or ((0,) if args.quick else TUNING_SEEDS))
+    held_out = tuple(args.held_out_seeds or ((1,) if args.quick else HELD_OUT_SEEDS))
+    if set(tuning) & set(held_out):
+        parser.error("tuning and held-out seeds must differ")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the policy logs every decision there
+    # Half-length traces (vs the single-seed runs before the grid) so 8 grid points x 3 tuning seeds plus
+    # every arm x 3 held-out seeds fit in about 10 minutes on 2 cores.
     traces = (
-        [bursty(quiet_s=600, burst_s=600), diurnal(period_s=3600)] if args.quick else [bursty(), diurnal(period_s=7200)]
+        [bursty(quiet_s=300, burst_s=300), diurnal(period_s=1800)]
+        if args.quick
+        else [bursty(quiet_s=600, burst_s=600), diurnal(period_s=3600)]
     )
     model = benchmark_model()
-    ttft_s, tpot_s = slo_of(model)
+    slo = slo_of(model)
     request_timeout_s = production_app().ingress.request_timeout_s
     cluster = ClusterConfig(
         max_ongoing_requests=max_ongoing_requests(model),
         graceful_shutdown_s=graceful_shutdown_timeout_s(model, request_timeout_s),
-        seed=args.seed,
     )
-    plan: list[tuple[Trace, Arm]] = [(t, a) for t in traces for a in arms(model)]
+    grid = grid_arms(model)
+    by_name = {a.name: a for a in grid}
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "slo": {"ttft_s": ttft_s, "tpot_s": tpot_s},
+        "slo": {"ttft_s": slo[0], "tpot_s": slo[1]},
+        "seeds": {"tuning": list(tuning), "held_out": list(held_out)},
         "cluster": {
             "start_s_range": cluster.start_s_range,
             "max_ongoing_requests": cluster.max_ongoing_requests,
@@ -139,40 +242,69 @@ def main() -> None:
             "graceful_shutdown_s": cluster.graceful_shutdown_s,
             "max_replicas": model.replicas.max_replicas,
         },
-        "arms": {a.name: a.description for a in arms(model)},
+        "grid": {a.name: a.description for a in grid},
+        "shipped": list(SHIPPED),
         "traces": {},
     }
-    for trace, arm in tqdm(plan, desc="simulating", unit="run"):
-        run = AutoscaledCluster(trace, arm.loop(), cluster).run()
-        entry = results["traces"].setdefault(trace.name, {"description": trace.description, "arms": {}})
-        entry["arms"][arm.name] = summarize(run, trace, ttft_s, tpot_s)
-    print(f"SLO: TTFT <= {ttft_s:g} s and time per output token <= {tpot_s * 1000:g} ms, per request")
+    started = time.monotonic()
+    for trace in traces:
+        entry: dict[str, Any] = {"description": trace.description, "duration_s": trace.duration_s}
+        results["traces"][trace.name] = entry
+        tuned: dict[str, Any] = {}
+        for arm in tqdm(grid, desc=f"{trace.name}: tuning grid", unit="point"):
+            tuned[arm.name] = aggregate([run_arm(trace, arm, cluster, s, slo) for s in tuning])
+        points = {n: (r["slo_attainment"]["mean"], r["replica_hours"]["mean"]) for n, r in tuned.items()}
+        best = best_tuned(points)
+        entry["tuning"] = {
+            n: {"slo_attainment": r["slo_attainment"], "replica_hours": r["replica_hours"]} for n, r in tuned.items()
+        }
+        entry["best_tuned"] = best
+        sizes = static_sizes(trace)
+        entry["static_sizing"] = {str(n): labels for n, labels in sizes.items()}
+        names = ["slo", *SHIPPED, *([best] if best not in SHIPPED else [])]
+        held_arms = [slo_arm(model), *(by_name[n] for n in names[1:]), *(static_arm(n, ls) for n, ls in sizes.items())]
+        entry["arms"] = {a.name: a.description + (" [best-tuned]" if a.name == best else "") for a in held_arms}
+        rows: dict[str, Any] = {}
+        for arm in tqdm(held_arms, desc=f"{trace.name}: held-out", unit="arm"):
+            per_seed = [run_arm(trace, arm, cluster, s, slo) for s in held_out]
+            rows[arm.name] = {**aggregate(per_seed), "timeline": per_seed[0]["timeline"]}
+        entry["held_out"] = rows
+        means = {n: (r["slo_attainment"]["mean"], r["replica_hours"]["mean"]) for n, r in rows.items()}
+        entry["pareto_front"] = pareto_front(means)
+        ours, ref = means["slo"], means[best]
+        ratio, delta = ours[1] / ref[1], ours[0] - ref[0]
+        entry["comparison"] = {
+            "best_tuned": best,
+            "hours_ratio": ratio,
+            "attainment_delta": delta,
+            "goal_met": ratio <= GOAL_HOURS_RATIO and delta >= -ATTAINMENT_TOLERANCE,
+            "slo_on_front": "slo" in entry["pareto_front"],
+            "slo_dominated_by": dominated_by("slo", means),
+        }
+    results["wall_s"] = round(time.monotonic() - started)
+    print(f"SLO: TTFT <= {slo[0]:g} s and time per output token <= {slo[1] * 1000:g} ms, per request")
+    print(f"tuning seeds {list(tuning)}, held-out seeds {list(held_out)}; mean [min, max] over held-out seeds")
     for name, data in results["traces"].items():
-        rows = data["arms"]
-        print(f"\n{name}: {data['description']}")
-        print(f"{'arm':<24} {'attain':>7} {'TTFT p90':>9} {'rep-h':>7} {'mean':>6} {'peak':>5} {'moves':>6} {'cut':>4}")
-        for arm_name, r in rows.items():
-            print(
-                f"{arm_name:<24} {100 * r['slo_attainment']:6.1f}% {r['ttft_p90_s']:8.1f}s {r['replica_hours']:7.2f} "
-                f"{r['mean_replicas']:6.2f} {r['peak_replicas']:5d} {r['scale_events']:6d} "
-                f"{r['dropped_at_downscale']:4d}"
-            )
-        best = best_default(rows)
-        ours, ref = rows["slo"], rows[best]
-        ratio = ours["replica_hours"] / ref["replica_hours"]
-        delta = ours["slo_attainment"] - ref["slo_attainment"]
-        met = ratio <= GOAL_HOURS_RATIO and delta >= -ATTAINMENT_TOLERANCE
-        data["comparison"] = {"best_default": best, "hours_ratio": ratio, "attainment_delta": delta, "goal_met": met}
+        print(f"\n{name}: {data['description']}; tuning grid (mean over tuning seeds):")
+        for point, r in sorted(data["tuning"].items(), key=lambda kv: -kv[1]["slo_attainment"]["mean"]):
+            flag = " <- best-tuned" if point == data["best_tuned"] else ""
+            print(f"  {point:<36} {100 * r['slo_attainment']['mean']:5.1f}% {r['replica_hours']['mean']:6.2f} h{flag}")
+        print(f"{'arm':<36} {'attainment':>24} {'replica-hours':>26} {'front':>6}")
+        for arm_name, r in data["held_out"].items():
+            front = "yes" if arm_name in data["pareto_front"] else ""
+            print(f"{arm_name:<36} {pct(r['slo_attainment']):>24} {hrs(r['replica_hours']):>26} {front:>6}")
+        c = data["comparison"]
         print(
-            f"slo vs best-tuned default ({best}): replica-hours x{ratio:.2f} ({100 * (1 - ratio):+.0f}% saved), "
-            f"attainment {100 * delta:+.1f} points -> goal (<= x{GOAL_HOURS_RATIO}, same attainment) "
-            f"{'MET' if met else 'NOT met'}"
+            f"slo vs best-tuned default ({c['best_tuned']}): replica-hours x{c['hours_ratio']:.2f}, attainment "
+            f"{100 * c['attainment_delta']:+.1f} points; on the Pareto front: {c['slo_on_front']}"
+            + (f" (dominated by {', '.join(c['slo_dominated_by'])})" if c["slo_dominated_by"] else "")
         )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "autoscaling_sim.json"
     path.write_text(json.dumps(results, indent=1))
     for p in [path, *plot(results, args.out)]:
         print(f"wrote {p}")
+    print(f"simulated in {results['wall_s']} s")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Any
 
 from contracts.engine_report import BlockGeometry, ReplicaReport
 from deployments.engine.replica_stats import p90
-from sim.autoscaling.serve_loop import ServeLoop
+from sim.autoscaling.serve_loop import ControlLoop
 from sim.autoscaling.traces import Trace, arrivals, request
 from sim.routing.engine import EngineModel
 from sim.routing.replica import Job, Replica
@@ -121,7 +121,7 @@ class RunResult:
 
 
 class AutoscaledCluster:
-    def __init__(self, trace: Trace, loop: ServeLoop, config: ClusterConfig) -> None:
+    def __init__(self, trace: Trace, loop: ControlLoop, config: ClusterConfig) -> None:
         self.trace = trace
         self.loop = loop
         self.config = config

@@ -10,7 +10,7 @@ controller they meet in production.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ray.serve._private.common import DeploymentID
 from ray.serve.autoscaling_policy import (
@@ -22,6 +22,41 @@ from ray.serve.autoscaling_policy import (
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 PolicyFn = Callable[[AutoscalingContext], tuple[float, dict[str, Any]]]
+
+
+class ControlLoop(Protocol):
+    """What the simulated cluster calls every control tick: Serve's controller, or a fixed fleet."""
+
+    def tick(
+        self,
+        *,
+        now: float,
+        target: int,
+        running: list[str],
+        total_num_requests: float,
+        total_queued_requests: float,
+        metrics: dict[str, dict[str, float]],
+    ) -> int: ...
+
+
+class StaticLoop:
+    """A fleet of ``replicas`` that never scales: the baseline an autoscaler has to beat on cost."""
+
+    def __init__(self, replicas: int) -> None:
+        self.replicas = replicas
+
+    def tick(
+        self,
+        *,
+        now: float,
+        target: int,
+        running: list[str],
+        total_num_requests: float,
+        total_queued_requests: float,
+        metrics: dict[str, dict[str, float]],
+    ) -> int:
+        """Always the fleet's size, whatever the load."""
+        return self.replicas
 
 
 class ServeLoop:

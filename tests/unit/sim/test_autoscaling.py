@@ -67,3 +67,57 @@ def test_small_run_scales_up_and_back_and_drops_nothing():
         assert row["dropped_at_downscale"] == 0
         assert all(math.isfinite(j.done_s) for j in run.jobs)
         assert 0 < row["slo_attainment"] <= 1 and row["replica_hours"] > 0
+
+
+def test_pareto_front_keeps_only_undominated_points_cheapest_first():
+    from sim.autoscaling.__main__ import dominated_by, pareto_front
+
+    points = {
+        "cheap-bad": (0.50, 1.0),
+        "mid": (0.90, 2.0),
+        "dominated": (0.85, 2.5),  # worse and dearer than mid
+        "tie-a": (0.99, 3.0),
+        "tie-b": (0.99, 3.0),  # equal points both stay
+        "dear-same": (0.99, 4.0),  # same attainment, dearer: dominated
+    }
+    assert pareto_front(points) == ["cheap-bad", "mid", "tie-a", "tie-b"]
+    assert dominated_by("dominated", points) == ["mid"]
+    assert dominated_by("mid", points) == []
+
+
+def test_best_tuned_takes_the_cheapest_within_tolerance_of_the_top():
+    from sim.autoscaling.__main__ import best_tuned
+
+    points = {"top": (0.950, 9.0), "close": (0.947, 6.0), "far": (0.90, 1.0)}
+    assert best_tuned(points, tolerance=0.005) == "close"
+    assert best_tuned(points, tolerance=0.0) == "top"
+
+
+def test_static_sizes_from_p95_and_peak_rate():
+    from sim.autoscaling.arms import static_arm, static_sizes
+
+    day = diurnal(low_rps=1, high_rps=20, period_s=3600)
+    # p95 of 1 + 19 (1 - cos) / 2 is ~19.9 req/s, the peak 20: both need 4 replicas of 6 req/s, 5 of 4.5
+    assert static_sizes(day, replica_rps=6.0) == {4: ["p95", "peak"], 5: ["peak+1"]}
+    # quiet 80% of the time: p95 is the burst's rate only when the burst lasts more than 5% of the trace
+    burst = bursty(quiet_rps=2.5, factor=10, quiet_s=1800, burst_s=60)
+    assert static_sizes(burst, replica_rps=6.0) == {1: ["p95"], 5: ["peak"], 6: ["peak+1"]}
+    arm = static_arm(5, ["peak"])
+    assert (
+        arm.static_replicas == 5
+        and arm.loop().tick(
+            now=0.0, target=1, running=[], total_num_requests=1e6, total_queued_requests=1e6, metrics={}
+        )
+        == 5
+    )
+
+
+def test_grid_covers_the_shipped_settings_and_serve_knobs():
+    from sim.autoscaling.arms import SHIPPED, grid_arms
+
+    grid = grid_arms(benchmark_model())
+    names = {a.name for a in grid}
+    assert set(SHIPPED) <= names and len(names) == len(grid) == 8
+    for arm in grid:  # every point is a valid Serve config (loop() builds AutoscalingConfig)
+        cfg = arm.loop()._config  # type: ignore[union-attr]
+        assert cfg.get_downscaling_factor() in (1.0, 0.3)
