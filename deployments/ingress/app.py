@@ -181,7 +181,7 @@ class Ingress:
                 kind,
                 body,
                 max_messages=self._config.ingress.max_messages,
-                template_inputs=self._template_inputs.get(model_id, frozenset()),
+                template_inputs=self._template_inputs[model_id],
             )
             req.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
             slot = await self._admit(model_id)
