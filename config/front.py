@@ -70,6 +70,27 @@ class AdmissionConfig(Strict):
     retry_after_s: int = Field(1, ge=0, description="Retry-After (seconds) sent with 429 and 503 answers.")
 
 
+class RequestLimits(Strict):
+    """What one generation request may ask an engine for: every other limit counts requests, these count work.
+
+    A request's output budget is ``prompts × n × max_tokens`` (a missing ``max_tokens`` counts as the
+    model's whole context); it may always generate one full context, never more than ``max_output_tokens``
+    beyond that. Real clients never meet these defaults; ``n: 4096`` or a 1,024-prompt batch do.
+    """
+
+    max_n: int = Field(8, ge=1, description="Most choices (`n`) one request may ask for.")
+    max_prompts: int = Field(32, ge=1, description="Most prompts in one completions batch.")
+    max_output_tokens: int = Field(
+        65536,
+        ge=1,
+        description="Most tokens one request may ask to generate over all its prompts and choices "
+        "(at least the model's max_model_len is always allowed).",
+    )
+    allow_beam_search: bool = Field(
+        False, description="Whether `use_beam_search` is accepted (it runs `n` beams per prompt on the engine)."
+    )
+
+
 class IngressConfig(Strict):
     """The OpenAI-compatible HTTP front."""
 
@@ -93,6 +114,7 @@ class IngressConfig(Strict):
     render_workers: int = Field(
         2, ge=1, description="Threads per ingress replica rendering prompts (a wait for one counts in the timeout)."
     )
+    limits: RequestLimits = Field(default_factory=RequestLimits)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     dispatch_retries: int = Field(
         2,

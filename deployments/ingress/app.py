@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -41,6 +40,7 @@ from deployments.ingress.validation import (
     ENDPOINTS,
     protocol,
     read_json_body,
+    request_id,
     requested_model,
     unknown_model,
     validated_request,
@@ -182,8 +182,10 @@ class Ingress:
                 body,
                 max_messages=self._config.ingress.max_messages,
                 template_inputs=self._template_inputs[model_id],
+                limits=self._config.ingress.limits,
+                max_model_len=self._models[model_id].engine.max_model_len,
             )
-            req.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+            req.request_id = request_id(request.headers.get("x-request-id"))
             slot = await self._admit(model_id)
             ctx = RequestContext(kind=kind, model_id=model_id, request_id=req.request_id, start=start, slot=slot)
             response: Response | None = None

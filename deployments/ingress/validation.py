@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from starlette.requests import Request
 
+from config.front import RequestLimits
 from deployments.ingress.errors import ApiError, from_validation_error
 
 logger = logging.getLogger(__name__)
@@ -182,24 +185,77 @@ def check_template_inputs(body: dict[str, Any], allowed: frozenset[str]) -> None
         logger.debug("chat_template_kwargs not read by the template dropped: %s", sorted(set(kwargs) - allowed))
 
 
-def validated_request(kind: str, body: dict[str, Any], *, max_messages: int, template_inputs: frozenset[str]) -> Any:
+def prompt_count(prompt: Any) -> int:
+    """Prompts in a completions request: a string or a token list is one, a list of them is a batch."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        return len(prompt)
+    return 1
+
+
+def check_cost(req: Any, limits: RequestLimits, max_model_len: int) -> None:
+    """The request's work against ``limits``: choices, batch size, beam search, and its output budget."""
+    n = req.n or 1
+    if n > limits.max_n:
+        raise ApiError(
+            400, f"`n` of {n} exceeds this endpoint's limit of {limits.max_n}.", param="n", code="n_too_large"
+        )
+    prompts = prompt_count(getattr(req, "prompt", None))
+    if prompts > limits.max_prompts:
+        raise ApiError(
+            400,
+            f"{prompts} prompts exceed this endpoint's limit of {limits.max_prompts} per request.",
+            param="prompt",
+            code="too_many_prompts",
+        )
+    if getattr(req, "use_beam_search", False) and not limits.allow_beam_search:
+        raise ApiError(
+            400, "Beam search is not enabled on this endpoint.", param="use_beam_search", code="beam_search_off"
+        )
+    max_tokens = getattr(req, "max_completion_tokens", None) or getattr(req, "max_tokens", None) or max_model_len
+    budget = max(limits.max_output_tokens, max_model_len)
+    if prompts * n * max_tokens > budget:
+        raise ApiError(
+            400,
+            f"{prompts} prompt(s) x n={n} x max_tokens={max_tokens} asks for more than the {budget} output tokens "
+            "one request may generate here.",
+            param="max_tokens",
+            code="output_budget_exceeded",
+        )
+
+
+# Fields the ingress or the engines own: kv_transfer_params carries a chat's prompt token ids from the ingress
+# (there is no disaggregated prefill here); ec_transfer_params and vllm_xargs reach the engine's internals
+# (encoder-cache transfer, arbitrary SamplingParams.extra_args for plugins) and are no client's business.
+ENGINE_ONLY_FIELDS = ("kv_transfer_params", "ec_transfer_params", "vllm_xargs")
+
+
+def validated_request(
+    kind: str,
+    body: dict[str, Any],
+    *,
+    max_messages: int,
+    template_inputs: frozenset[str],
+    limits: RequestLimits,
+    max_model_len: int,
+) -> Any:
     """:func:`parsed_request` of ``body``, with every way it can fail on client input turned into a 400.
 
-    A client's ``kv_transfer_params`` are dropped first: there is no disaggregated prefill here, and
-    the ingress itself uses the field to hand a chat's prompt token ids to the engine. A chat's
-    messages are capped at ``max_messages`` and its template inputs checked against ``template_inputs``
-    (:func:`check_template_inputs`).
+    A client's :data:`ENGINE_ONLY_FIELDS` are dropped first. A chat's messages are capped at
+    ``max_messages`` and its template inputs checked against ``template_inputs``
+    (:func:`check_template_inputs`); the parsed request's work is checked against ``limits``
+    (:func:`check_cost`).
     """
     from pydantic import ValidationError
     from vllm.exceptions import VLLMClientError
 
-    if body.pop("kv_transfer_params", None) is not None:
-        logger.debug("client kv_transfer_params ignored: no disaggregated prefill here")
+    for name in ENGINE_ONLY_FIELDS:
+        if body.pop(name, None) is not None:
+            logger.debug("client %s ignored: engine-only field", name)
     if kind == "chat":
         check_messages(body.get("messages"), max_messages)
         check_template_inputs(body, template_inputs)
     try:
-        return parsed_request(kind, body)
+        req = parsed_request(kind, body)
     except ValidationError as exc:
         raise from_validation_error(exc) from exc
     except VLLMClientError as exc:  # vLLM's own validators raise these past pydantic
@@ -208,3 +264,20 @@ def validated_request(kind: str, body: dict[str, Any], *, max_messages: int, tem
         # Some of vLLM's `mode="before"` validators assume a field's type before pydantic checks it
         # (e.g. `structured_outputs: true` raises AttributeError): still the client's malformed input.
         raise ApiError(400, f"Invalid request: {type(exc).__name__}: {exc}") from exc
+    check_cost(req, limits, max_model_len)
+    return req
+
+
+# What a client's x-request-id may be: it is logged, echoed to the engines and used in their request ids.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(header: str | None) -> str:
+    """The client's ``x-request-id`` when it is a short token of safe characters, else a fresh one.
+
+    A client id that could forge log lines (newlines), blow up log volume or collide with the engines'
+    own suffixes is replaced, not refused: the id is for correlation, and a request is not wrong for it.
+    """
+    if header is not None and _REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex

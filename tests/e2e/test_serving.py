@@ -272,6 +272,15 @@ def _chat(**kw: object) -> str:
         ("/chat/completions", _chat(messages=[{"role": "user", "content": "x"}] * 5000), 400, "messages exceed"),
         ("/chat/completions", _chat(chat_template="{{ 7 * 7 }}"), 400, "chat_template"),
         ("/chat/completions", _chat(chat_template_kwargs={"chat_template": "{{ 7 }}"}), 400, "chat_template"),
+        ("/chat/completions", _chat(n=4096, max_tokens=1), 400, "limit of 8"),
+        ("/completions", json.dumps({"model": DFLASH_MODEL, "prompt": ["x"] * 1024}), 400, "prompts exceed"),
+        ("/completions", json.dumps({"model": DFLASH_MODEL, "prompt": "x", "use_beam_search": True}), 400, "Beam"),
+        (
+            "/completions",
+            json.dumps({"model": DFLASH_MODEL, "prompt": ["x"] * 32, "n": 8, "max_tokens": 2048}),
+            400,
+            "output tokens",
+        ),
     ],
     ids=[
         "unknown-model",
@@ -294,6 +303,10 @@ def _chat(**kw: object) -> str:
         "too-many-messages",
         "client-chat-template",
         "client-chat-template-kwarg",
+        "n-4096",
+        "1024-prompt-batch",
+        "beam-search",
+        "output-budget",
     ],
 )
 def test_client_errors(served: Served, path: str, content: bytes | str, status: int, needle: str):

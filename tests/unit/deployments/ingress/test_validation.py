@@ -12,17 +12,23 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
+from config.front import RequestLimits
 from deployments.ingress.errors import ApiError
 from deployments.ingress.validation import (
+    ENGINE_ONLY_FIELDS,
     MAX_JSON_DEPTH,
     materialized,
     parse_json,
     protocol,
     read_json_body,
+    request_id,
     requested_model,
     unknown_model,
     validated_request,
 )
+
+LIMITS = RequestLimits(max_n=4, max_prompts=3, max_output_tokens=1000)
+MAX_MODEL_LEN = 200
 
 
 def _request(body: bytes, headers: dict[str, str] | None = None) -> Request:
@@ -44,7 +50,14 @@ def _status(call) -> tuple[int, str | None]:
 
 
 def _validated(kind: str, body: dict, max_messages: int = 8, template_inputs: frozenset[str] = frozenset()) -> Any:
-    return validated_request(kind, body, max_messages=max_messages, template_inputs=template_inputs)
+    return validated_request(
+        kind,
+        body,
+        max_messages=max_messages,
+        template_inputs=template_inputs,
+        limits=LIMITS,
+        max_model_len=MAX_MODEL_LEN,
+    )
 
 
 def test_content_part_iterables_become_lists_that_pickle():
@@ -90,10 +103,67 @@ def test_chat_template_kwargs_keep_only_what_the_template_reads():
     assert req.chat_template_kwargs == {"enable_thinking": True}
 
 
-def test_client_kv_transfer_params_are_dropped():
-    body = {"model": "m", "prompt": "hi", "kv_transfer_params": {"prompt_token_ids": [1, 2]}}
-    req = _validated("completions", body)
-    assert req.prompt == "hi" and req.kv_transfer_params is None
+def test_client_engine_only_fields_are_dropped():
+    extra = {
+        "kv_transfer_params": {"prompt_token_ids": [1, 2]},
+        "ec_transfer_params": {"do_remote_decode": True},
+        "vllm_xargs": {"plugin_knob": 1},
+    }
+    assert set(extra) == set(ENGINE_ONLY_FIELDS)
+    req = _validated("completions", {"model": "m", "prompt": "hi", **extra})
+    assert req.prompt == "hi"
+    assert all(getattr(req, name) is None for name in ENGINE_ONLY_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("extra", "code"),
+    [
+        ({"n": 5, "max_tokens": 10}, "n_too_large"),
+        ({"prompt": ["a", "b", "c", "d"], "max_tokens": 10}, "too_many_prompts"),
+        ({"prompt": [[1, 2], [3], [4], [5]], "max_tokens": 10}, "too_many_prompts"),
+        ({"use_beam_search": True, "max_tokens": 10}, "beam_search_off"),
+        ({"prompt": ["a", "b", "c"], "n": 4, "max_tokens": 100}, "output_budget_exceeded"),  # 1,200 > 1,000
+    ],
+    ids=["n", "batch", "token-batch", "beam", "budget"],
+)
+def test_costly_requests_are_400_naming_the_limit(extra: dict, code: str):
+    body = {"model": "m", "prompt": "hi", **extra}
+    assert _status(lambda: _validated("completions", body)) == (400, code)
+
+
+def test_requests_within_the_limits_pass():
+    assert _validated("completions", {"model": "m", "prompt": ["a", "b"], "n": 4, "max_tokens": 125}).n == 4
+    assert _validated("completions", {"model": "m", "prompt": [1, 2, 3], "n": 4}).n == 4  # 4 x max_model_len
+    # One whole context is always allowed, whatever max_output_tokens says.
+    tiny = LIMITS.model_copy(update={"max_output_tokens": 1})
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": MAX_MODEL_LEN}
+    req = validated_request(
+        "chat", chat, max_messages=8, template_inputs=frozenset(), limits=tiny, max_model_len=MAX_MODEL_LEN
+    )
+    assert req.max_completion_tokens == MAX_MODEL_LEN
+    chat["max_completion_tokens"] = MAX_MODEL_LEN + 1
+    with pytest.raises(ApiError):
+        validated_request(
+            "chat", chat, max_messages=8, template_inputs=frozenset(), limits=tiny, max_model_len=MAX_MODEL_LEN
+        )
+
+
+@pytest.mark.parametrize(
+    ("header", "kept"),
+    [
+        ("abc-123_x.y:z", True),
+        ("a" * 128, True),
+        (None, False),
+        ("", False),
+        ("a" * 129, False),
+        ("id\nforged log line", False),
+        ("<script>", False),
+    ],
+)
+def test_client_request_ids_are_kept_only_when_short_and_safe(header: str | None, kept: bool):
+    rid = request_id(header)
+    assert (rid == header) is kept
+    assert 1 <= len(rid) <= 128 and "\n" not in rid
 
 
 @pytest.mark.parametrize(
