@@ -13,7 +13,8 @@ class AuthConfig(Strict):
     """API keys and per-key rate limits (docs/reliability.md).
 
     Keys are stored as SHA-256 digests only: in this list, and (``redis_keys``) in the app's Redis, where
-    ``python -m tools.api_keys`` adds and revokes them. With no key source configured the endpoint is open.
+    ``python -m tools.api_keys`` adds and revokes them. An app with no key source is refused at build time
+    unless ``allow_anonymous`` says the open endpoint is meant (local.yaml: a laptop's 127.0.0.1).
     """
 
     api_key_sha256: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(
@@ -41,12 +42,29 @@ class AuthConfig(Strict):
         "rate limit); open admits them without their rate limit, accepting Redis keys this replica has already "
         "verified (never an unknown key). Static keys work either way.",
     )
-    protect_metrics: bool = Field(False, description="Require a key for /metrics too.")
+    protect_metrics: bool = Field(
+        True,
+        description="Require a key for /metrics too (each scrape fans out to every replica; "
+        "observability/prometheus.yml sends one from a credentials file).",
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="Serve without any key source (no api_key_sha256, no redis_keys): only for an endpoint "
+        "nobody else can reach. Without it, such an app is refused at build time.",
+    )
 
     @property
     def enabled(self) -> bool:
         """Whether requests must carry a key."""
         return bool(self.api_key_sha256) or self.redis_keys
+
+    def require_key_source(self) -> None:
+        """Refuse an open endpoint nobody asked for: the secure default of every app the builder builds."""
+        if not self.enabled and not self.allow_anonymous:
+            raise ValueError(
+                "auth has no key source: set auth.api_key_sha256 or auth.redis_keys (tools.api_keys), or "
+                "auth.allow_anonymous: true for an endpoint only you can reach"
+            )
 
 
 class AdmissionConfig(Strict):
@@ -113,6 +131,9 @@ class IngressConfig(Strict):
     )
     render_workers: int = Field(
         2, ge=1, description="Threads per ingress replica rendering prompts (a wait for one counts in the timeout)."
+    )
+    openapi_docs: bool = Field(
+        False, description="Serve /openapi.json and /docs (the schema of every route; off on a public endpoint)."
     )
     limits: RequestLimits = Field(default_factory=RequestLimits)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)

@@ -90,7 +90,11 @@ def admission_limits(config: AppConfig) -> dict[str, int]:
 
 
 def build_from_config(config: AppConfig) -> Application:
-    """The application graph for ``config``: ingress -> {model id: engine deployment}."""
+    """The application graph for ``config``: ingress -> {model id: engine deployment}.
+
+    Refused when the endpoint would be open without the config saying so (``auth.allow_anonymous``).
+    """
+    config.auth.require_key_source()
     models = [localize(m) for m in config.effective_models()]
     config = config.model_copy(update={"models": models, "speculative": True})
     engines = {}

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -49,7 +50,15 @@ from deployments.router.replica_counts import running_replicas
 
 logger = logging.getLogger(__name__)
 
-app = FastAPI(title="dflash-serve", description="OpenAI-compatible endpoint for DFlash speculative decoding")
+# FastAPI's own /docs, /redoc and /openapi.json are off: the Ingress serves the schema and /docs itself, only
+# where the config asks for them (ingress.openapi_docs), since they map every route for a stranger.
+app = FastAPI(
+    title="dflash-serve",
+    description="OpenAI-compatible endpoint for DFlash speculative decoding",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
 
 
 # Registered before @serve.ingress(app) below: Serve freezes a copy of the app when it decorates the
@@ -134,6 +143,16 @@ class Ingress:
             raise unknown_model(model_id, self._models)
         return JSONResponse(self._model_card(model_id))
 
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json(self) -> Response:
+        self._require_docs()
+        return JSONResponse(_openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self) -> Response:
+        self._require_docs()
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="dflash-serve")
+
     @app.get("/health")
     async def health(self) -> Response:
         return JSONResponse({"status": "ok", "models": sorted(self._models)})
@@ -162,6 +181,10 @@ class Ingress:
             "max_model_len": m.engine.max_model_len,
             "speculative": None if m.speculative is None else m.speculative.method,
         }
+
+    def _require_docs(self) -> None:
+        if not self._config.ingress.openapi_docs:
+            raise ApiError(404, "Not Found", code="not_found")
 
     async def _authorize(self, request: Request) -> None:
         await self._access.check(request.headers.get("authorization"))

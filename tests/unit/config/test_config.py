@@ -97,6 +97,27 @@ def test_redis_keys_and_rate_limits_need_redis():
     assert not AppConfig.model_validate(_minimal()).auth.enabled  # no key source: open
 
 
+def test_an_open_endpoint_must_be_asked_for():
+    from serve_app.build import build_from_config
+
+    open_app = AppConfig.model_validate(_minimal())
+    with pytest.raises(ValueError, match="allow_anonymous"):
+        open_app.auth.require_key_source()
+    with pytest.raises(ValueError, match="no key source"):
+        build_from_config(open_app)  # refused before any deployment is made
+    AppConfig.model_validate({**_minimal(), "auth": {"allow_anonymous": True}}).auth.require_key_source()
+    keyed = {"api_key_sha256": ["0" * 64]}
+    AppConfig.model_validate({**_minimal(), "auth": keyed}).auth.require_key_source()
+    assert AppConfig.model_validate(_minimal()).auth.protect_metrics  # /metrics needs a key by default
+
+
+@pytest.mark.parametrize("path", ["serve_app/configs/gemma4-dflash-b300.yaml"])
+def test_production_configs_require_keys_and_hide_the_docs(path: str):
+    cfg = AppConfig.from_yaml(path)
+    assert cfg.auth.enabled and not cfg.auth.allow_anonymous and cfg.auth.protect_metrics
+    assert not cfg.ingress.openapi_docs
+
+
 def test_deployment_names_are_safe_and_distinct():
     cfg = AppConfig.model_validate({"models": [{"id": "org/model.v1", "target": "t"}, {"id": "other", "target": "t"}]})
     names = [m.deployment_name() for m in cfg.models]
