@@ -117,6 +117,9 @@ class IngressConfig(Strict):
     max_ongoing_requests: int = Field(1024, ge=1, description="Requests one ingress replica holds at once.")
     request_timeout_s: float = Field(600, gt=0, description="Longest a request may take end to end.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    body_read_timeout_s: float = Field(
+        30, gt=0, description="Longest a request's body may take to arrive after its headers (then 408)."
+    )
     max_messages: int = Field(
         512,
         ge=1,

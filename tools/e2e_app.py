@@ -31,7 +31,8 @@ def e2e_config(redis_url: str) -> AppConfig:
     two = dflash.replicas.model_copy(update={"min_replicas": 2, "max_replicas": 2})
     routing = dflash.routing.model_copy(update={"mode": "precise", "session_affinity": True, "snapshot_period_s": 2})
     ar = dflash.model_copy(update={"id": AR_MODEL, "speculative": None, "replicas": two, "routing": routing})
-    ingress = base.ingress.model_copy(update={"num_replicas": 2})
+    # A short body deadline, so the test of a body that never finishes waits seconds, not the default 30.
+    ingress = base.ingress.model_copy(update={"num_replicas": 2, "body_read_timeout_s": 3.0})
     return base.model_copy(
         update={"name": "dflash-test", "models": [dflash, ar], "ingress": ingress, "redis_url": redis_url}
     )

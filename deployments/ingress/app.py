@@ -195,7 +195,9 @@ class Ingress:
         model_label = "unknown"
         try:
             await self._authorize(request)
-            body = await read_json_body(request, self._config.ingress.max_body_bytes)
+            body = await read_json_body(
+                request, self._config.ingress.max_body_bytes, self._config.ingress.body_read_timeout_s
+            )
             model_id = requested_model(body)
             if model_id not in self._engines:
                 raise unknown_model(model_id, self._models)

@@ -8,6 +8,7 @@ engine replica is handed, made picklable.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -26,21 +27,27 @@ ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}  
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
-async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
-    """The request's JSON object, refused with 413 as soon as it is known to exceed ``limit`` bytes.
+async def read_json_body(request: Request, limit: int, timeout_s: float) -> dict[str, Any]:
+    """The request's JSON object, refused with 413 as soon as it is known to exceed ``limit`` bytes, and
+    with 408 when it has not all arrived ``timeout_s`` after the headers.
 
     The declared length is checked first and the stream is counted as it arrives, so an oversized
-    body is never held in memory whole.
+    body is never held in memory whole; the deadline frees the connection of a client that sends a
+    body slowly or never finishes it.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"Request body of {declared} bytes exceeds the {limit}-byte limit.", code="body_too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"Request body exceeds the {limit}-byte limit.", code="body_too_large")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"Request body exceeds the {limit}-byte limit.", code="body_too_large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"Request body not received within {timeout_s:g} s.", code="body_timeout") from None
     return parse_json(b"".join(chunks))
 
 

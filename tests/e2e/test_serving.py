@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
 
 import httpx
@@ -322,6 +323,20 @@ def test_openai_client_sees_typed_errors(served: Served):
         client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=DFLASH_MODEL, messages=[{"role": "user", "content": "x " * 5000}])
+
+
+def test_a_body_that_never_finishes_is_408_and_frees_the_connection(served: Served):
+    """Slowloris: headers announce 1,000 bytes, 9 arrive, then nothing; the ingress answers 408 at its deadline."""
+    host, port = served.base_url.removeprefix("http://").split(":")
+    deadline = served.config.ingress.body_read_timeout_s
+    with socket.create_connection((host, int(port)), timeout=deadline + 60) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"model":'
+        )
+        answer = sock.recv(65536).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 408"), answer[:200]
+    assert "body_timeout" in answer
 
 
 def test_oversized_body_is_413(served: Served):

@@ -196,12 +196,26 @@ def test_nan_is_not_json():
     assert _status(lambda: parse_json(b'{"temperature": NaN}')) == (400, "invalid_json")
 
 
+def test_a_body_that_never_finishes_is_408():
+    async def receive() -> dict:
+        if not sent:
+            sent.append(1)
+            return {"type": "http.request", "body": b'{"model": ', "more_body": True}
+        await asyncio.Event().wait()  # the rest never comes
+        return {}
+
+    sent: list[int] = []
+    stalled = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    assert _status(lambda: asyncio.run(read_json_body(stalled, limit=1000, timeout_s=0.05))) == (408, "body_timeout")
+
+
 def test_body_size_limit_by_declared_length_and_by_stream():
     body = b'{"model": "' + b"x" * 100 + b'"}'
-    assert asyncio.run(read_json_body(_request(body), limit=len(body))) == {"model": "x" * 100}
+    assert asyncio.run(read_json_body(_request(body), limit=len(body), timeout_s=10)) == {"model": "x" * 100}
     declared = _request(body, {"content-length": str(len(body))})
-    assert _status(lambda: asyncio.run(read_json_body(declared, limit=10))) == (413, "body_too_large")
-    assert _status(lambda: asyncio.run(read_json_body(_request(body), limit=10))) == (413, "body_too_large")
+    assert _status(lambda: asyncio.run(read_json_body(declared, limit=10, timeout_s=10))) == (413, "body_too_large")
+    streamed = _request(body)
+    assert _status(lambda: asyncio.run(read_json_body(streamed, limit=10, timeout_s=10))) == (413, "body_too_large")
 
 
 def test_model_must_be_named_and_served():
