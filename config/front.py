@@ -109,6 +109,22 @@ class RequestLimits(Strict):
     )
 
 
+class MediaConfig(Strict):
+    """Which images, audio and video a chat may carry (the multimodal target fetches what a URL names).
+
+    Off by default: an ``image_url`` to the instance metadata service or the VPC would be fetched from a GPU
+    node. When enabled, ``data:`` URLs (bounded by ``ingress.max_body_bytes``) are accepted and ``https``
+    URLs only on ``allowed_domains``. The ingress decides before anything is fetched; the engines are
+    reached only through it.
+    """
+
+    enabled: bool = Field(False, description="Accept non-text content parts (images, audio, video) in chats.")
+    allowed_domains: list[str] = Field(
+        default_factory=list,
+        description="Hosts (and their subdomains) https media URLs may name; empty: data: URLs only.",
+    )
+
+
 class IngressConfig(Strict):
     """The OpenAI-compatible HTTP front."""
 
@@ -139,6 +155,7 @@ class IngressConfig(Strict):
         False, description="Serve /openapi.json and /docs (the schema of every route; off on a public endpoint)."
     )
     limits: RequestLimits = Field(default_factory=RequestLimits)
+    media: MediaConfig = Field(default_factory=MediaConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     dispatch_retries: int = Field(
         2,

@@ -209,6 +209,7 @@ class Ingress:
                 template_inputs=self._template_inputs[model_id],
                 limits=self._config.ingress.limits,
                 max_model_len=self._models[model_id].engine.max_model_len,
+                media=self._config.ingress.media,
             )
             req.request_id = request_id(request.headers.get("x-request-id"))
             slot = await self._admit(model_id)

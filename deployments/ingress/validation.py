@@ -15,10 +15,11 @@ import re
 import uuid
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
-from config.front import RequestLimits
+from config.front import MediaConfig, RequestLimits
 from deployments.ingress.errors import ApiError, from_validation_error
 
 logger = logging.getLogger(__name__)
@@ -140,6 +141,57 @@ def check_messages(messages: Any, max_messages: int) -> None:
             )
 
 
+TEXT_PARTS = frozenset({"text", "input_text", "refusal", "thinking"})
+
+
+def _media_url(part: dict[str, Any]) -> str | None:
+    """The URL a media content part names, if any (OpenAI's ``{"image_url": {"url": ...}}`` or a bare string)."""
+    for key in ("image_url", "audio_url", "video_url", "file_url"):
+        value = part.get(key)
+        if isinstance(value, dict):
+            value = value.get("url")
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _allowed_host(host: str, domains: list[str]) -> bool:
+    return any(host == d or host.endswith("." + d) for d in domains)
+
+
+def check_media(messages: list[Any], media: MediaConfig) -> None:
+    """A chat's non-text parts against ``media``: refused when media is off, URLs only where allowed.
+
+    Checked before anything fetches: the ingress refuses, so an engine on a GPU node never makes the
+    request (vLLM would follow redirects to any host the node can reach).
+    """
+    for i, msg in enumerate(messages):
+        content = msg.get("content") if isinstance(msg, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in TEXT_PARTS or not isinstance(part, dict):
+                continue
+            where = f"messages.{i}.content.{j}"
+            if not media.enabled:
+                raise ApiError(
+                    400,
+                    f"Content part type {kind!r} is not accepted: this endpoint is text-only (ingress.media.enabled).",
+                    param=where,
+                    code="media_not_allowed",
+                )
+            url = _media_url(part)
+            if url is None or url.startswith("data:"):
+                continue
+            parts = urlsplit(url)
+            if parts.scheme != "https" or not _allowed_host((parts.hostname or "").lower(), media.allowed_domains):
+                raise ApiError(
+                    400,
+                    "Media URLs must be data: URLs or https URLs on an allowed domain (ingress.media.allowed_domains).",
+                    param=where,
+                    code="media_url_not_allowed",
+                )
+
+
 def protocol(kind: str) -> type:
     """vLLM's request model for ``kind`` ("chat" or "completions"), imported on first use (vLLM is heavy)."""
     if kind == "chat":
@@ -244,13 +296,14 @@ def validated_request(
     template_inputs: frozenset[str],
     limits: RequestLimits,
     max_model_len: int,
+    media: MediaConfig,
 ) -> Any:
     """:func:`parsed_request` of ``body``, with every way it can fail on client input turned into a 400.
 
     A client's :data:`ENGINE_ONLY_FIELDS` are dropped first. A chat's messages are capped at
     ``max_messages`` and its template inputs checked against ``template_inputs``
-    (:func:`check_template_inputs`); the parsed request's work is checked against ``limits``
-    (:func:`check_cost`).
+    (:func:`check_template_inputs`), its media against ``media`` (:func:`check_media`); the parsed
+    request's work is checked against ``limits`` (:func:`check_cost`).
     """
     from pydantic import ValidationError
     from vllm.exceptions import VLLMClientError
@@ -260,6 +313,7 @@ def validated_request(
             logger.debug("client %s ignored: engine-only field", name)
     if kind == "chat":
         check_messages(body.get("messages"), max_messages)
+        check_media(body["messages"], media)
         check_template_inputs(body, template_inputs)
     try:
         req = parsed_request(kind, body)

@@ -7,9 +7,11 @@ One app serves the tiny DFlash pair (``tiny-gemma4``) and the same target withou
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import re
 import socket
+import threading
 import time
 
 import httpx
@@ -213,6 +215,31 @@ def test_image_chat_with_dflash_is_lossless(served: Served):
     assert drafts > _metric(before, "vllm:spec_decode_num_drafts_total", DFLASH_MODEL)
     # The pixels matter: another image, same text, changes what the (random-weight) target says.
     assert ask(AR_MODEL, (20, 20, 220))[0] != red_ar
+
+
+def test_image_url_to_a_private_host_is_refused_unfetched(served: Served):
+    """SSRF: an image URL naming a server on the nodes' network is a 400, and that server sees no request."""
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+        for url in (f"http://127.0.0.1:{port}/cat.png", f"https://127.0.0.1:{port}/cat.png"):
+            content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this?"}]
+            body = {"model": DFLASH_MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4}
+            resp = _post(served, "/chat/completions", json.dumps(body))
+            assert resp.status_code == 400 and _error(resp)["code"] == "media_url_not_allowed", resp.text
+        server.shutdown()
+    assert hits == []
 
 
 # ---------------------------------------------------------------------------------- disconnect

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from config.front import RequestLimits
+from config.front import MediaConfig, RequestLimits
 from deployments.ingress.errors import ApiError
 from deployments.ingress.validation import (
     ENGINE_ONLY_FIELDS,
@@ -29,6 +29,7 @@ from deployments.ingress.validation import (
 
 LIMITS = RequestLimits(max_n=4, max_prompts=3, max_output_tokens=1000)
 MAX_MODEL_LEN = 200
+TEXT_ONLY = MediaConfig()
 
 
 def _request(body: bytes, headers: dict[str, str] | None = None) -> Request:
@@ -49,14 +50,22 @@ def _status(call) -> tuple[int, str | None]:
     return err.value.status, err.value.code
 
 
-def _validated(kind: str, body: dict, max_messages: int = 8, template_inputs: frozenset[str] = frozenset()) -> Any:
+def _validated(
+    kind: str,
+    body: dict,
+    max_messages: int = 8,
+    template_inputs: frozenset[str] = frozenset(),
+    media: MediaConfig = TEXT_ONLY,
+    limits: RequestLimits = LIMITS,
+) -> Any:
     return validated_request(
         kind,
         body,
         max_messages=max_messages,
         template_inputs=template_inputs,
-        limits=LIMITS,
+        limits=limits,
         max_model_len=MAX_MODEL_LEN,
+        media=media,
     )
 
 
@@ -138,13 +147,25 @@ def test_requests_within_the_limits_pass():
     tiny = LIMITS.model_copy(update={"max_output_tokens": 1})
     chat = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": MAX_MODEL_LEN}
     req = validated_request(
-        "chat", chat, max_messages=8, template_inputs=frozenset(), limits=tiny, max_model_len=MAX_MODEL_LEN
+        "chat",
+        chat,
+        max_messages=8,
+        template_inputs=frozenset(),
+        limits=tiny,
+        max_model_len=MAX_MODEL_LEN,
+        media=MediaConfig(),
     )
     assert req.max_completion_tokens == MAX_MODEL_LEN
     chat["max_completion_tokens"] = MAX_MODEL_LEN + 1
     with pytest.raises(ApiError):
         validated_request(
-            "chat", chat, max_messages=8, template_inputs=frozenset(), limits=tiny, max_model_len=MAX_MODEL_LEN
+            "chat",
+            chat,
+            max_messages=8,
+            template_inputs=frozenset(),
+            limits=tiny,
+            max_model_len=MAX_MODEL_LEN,
+            media=MediaConfig(),
         )
 
 
@@ -224,3 +245,52 @@ def test_model_must_be_named_and_served():
     err = unknown_model("nope", {"b": 1, "a": 2})
     assert (err.status, err.code, err.param) == (404, "model_not_found", "model")
     assert "['a', 'b']" in err.message
+
+
+def _image_chat(url: str) -> dict:
+    parts = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "what is this?"}]
+    return {"model": "m", "messages": [{"role": "user", "content": parts}]}
+
+
+DATA_URL = "data:image/png;base64,iVBORw0KGgo="
+
+
+def test_media_is_refused_when_off_naming_the_option():
+    with pytest.raises(ApiError) as err:
+        _validated("chat", _image_chat(DATA_URL))
+    assert (err.value.status, err.value.code) == (400, "media_not_allowed")
+    assert "ingress.media.enabled" in err.value.message and err.value.param == "messages.0.content.0"
+    audio = {"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}
+    assert _status(lambda: _validated("chat", audio)) == (400, "media_not_allowed")
+    text_parts = {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    assert _validated("chat", text_parts).messages
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        (DATA_URL, True),
+        ("https://img.example.com/a.png", True),
+        ("https://example.com/a.png", True),
+        ("http://example.com/a.png", False),  # not https
+        ("https://169.254.169.254/latest/meta-data/", False),  # the instance metadata service
+        ("https://example.com.evil.net/a.png", False),
+        ("https://evilexample.com/a.png", False),
+        ("file:///etc/passwd", False),
+    ],
+)
+def test_media_urls_only_on_allowed_domains(url: str, ok: bool):
+    media = MediaConfig(enabled=True, allowed_domains=["example.com"])
+    if ok:
+        assert _validated("chat", _image_chat(url), media=media).messages
+    else:
+        assert _status(lambda: _validated("chat", _image_chat(url), media=media)) == (400, "media_url_not_allowed")
+
+
+def test_with_no_allowed_domains_only_data_urls_pass():
+    media = MediaConfig(enabled=True)
+    assert _validated("chat", _image_chat(DATA_URL), media=media).messages
+    assert _status(lambda: _validated("chat", _image_chat("https://example.com/a.png"), media=media)) == (
+        400,
+        "media_url_not_allowed",
+    )
