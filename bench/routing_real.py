@@ -95,14 +95,13 @@ class ServeArm:
 
 
 # Ray Serve LLM's PrefixCacheAffinityRouter at its code defaults (imbalanced_threshold=inf,
-# match_rate_threshold=0.1) and a grid over its own knobs: the queue-imbalance threshold of its docs'
-# example (10) and a tight one (2). Each point is an app start (minutes here), so the grid is small.
+# match_rate_threshold=0.1) and its docs' example setting (imbalanced_threshold=10). Each point is an app
+# start and four seeds here (7 minutes), so its grid is these two points.
 SERVE_ARMS = (
     ServeArm("prefix"),
     ServeArm("prefix_precise", precise=True),
     ServeArm("ray_prefix_tree", ray_router_kwargs={}),
     ServeArm("ray_prefix_tree[imbalanced_threshold=10]", ray_router_kwargs={"imbalanced_threshold": 10}),
-    ServeArm("ray_prefix_tree[imbalanced_threshold=2]", ray_router_kwargs={"imbalanced_threshold": 2}),
 )
 
 
@@ -419,6 +418,7 @@ def main() -> None:
     parser.add_argument("--tuning-seeds", default="0")
     parser.add_argument("--held-out-seeds", default="1,2,3")
     parser.add_argument("--out", type=Path, default=RESULTS / "routing_real")
+    parser.add_argument("--merge", action="store_true", help="keep the runs already in --out, add these arms'")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -439,6 +439,11 @@ def main() -> None:
     families = {a.name: a.family for a in peers} | {a.name: a.family for a in serve_arms}
     runs: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
+    if args.merge and args.out.with_suffix(".json").exists():
+        earlier = json.loads(args.out.with_suffix(".json").read_text())
+        runs, failed = earlier["runs"], earlier["failed"]
+        known = {a.name: a.family for a in PEER_ARMS} | {a.name: a.family for a in SERVE_ARMS}
+        families |= {name: known[name] for name in runs if name in known}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     log_dir = RESULTS / "routing_real_logs"  # git-ignored, beside every other raw output
     log_dir.mkdir(parents=True, exist_ok=True)
