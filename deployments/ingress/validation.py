@@ -182,8 +182,12 @@ def check_media(messages: list[Any], media: MediaConfig) -> None:
             url = _media_url(part)
             if url is None or url.startswith("data:"):
                 continue
-            parts = urlsplit(url)
-            if parts.scheme != "https" or not _allowed_host((parts.hostname or "").lower(), media.allowed_domains):
+            try:
+                parts = urlsplit(url)
+                host = (parts.hostname or "").lower()
+            except ValueError:  # e.g. an unclosed IPv6 bracket
+                parts, host = None, ""
+            if parts is None or parts.scheme != "https" or not _allowed_host(host, media.allowed_domains):
                 raise ApiError(
                     400,
                     "Media URLs must be data: URLs or https URLs on an allowed domain (ingress.media.allowed_domains).",
