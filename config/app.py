@@ -18,6 +18,7 @@ class KvStreamSettings(Strict):
     """Where one model's KV events and routing records are shared (derived from AppConfig, not written)."""
 
     redis_url: str
+    redis_password_file: str | None = None
     key_prefix: str  # dflash:<app>:<model id>
     maxlen: int
     snapshot_period_s: float
@@ -34,6 +35,11 @@ class AppConfig(Strict):
         None,
         description="Redis shared by all ingress replicas' routers (decisions, and KV events in precise mode); "
         "None: each router knows only what it routed.",
+    )
+    redis_password_file: str | None = Field(
+        None,
+        description="File holding Redis's password (a mounted secret, read when a client connects), so the "
+        "password is never part of this config, the generated serve config or a log line.",
     )
     speculative: bool = Field(
         True, description="Global switch: off serves every model without its drafter (the AR baseline)."
@@ -82,6 +88,7 @@ class AppConfig(Strict):
             return None
         return KvStreamSettings(
             redis_url=self.redis_url,
+            redis_password_file=self.redis_password_file,
             key_prefix=RedisKeys(self.name).model_stream(model.id),
             maxlen=model.routing.events_maxlen,
             snapshot_period_s=model.routing.snapshot_period_s,

@@ -26,6 +26,7 @@ import redis
 import redis.asyncio as aioredis
 
 from config import KvStreamSettings
+from deployments.redis_auth import redis_password
 from routing.events import KvEvent, ReplicaSnapshot, decode, encode
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,10 @@ class EventStreamWriter:
     def __init__(self, settings: KvStreamSettings) -> None:
         self._keys = _Keys(settings)
         self._redis = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=_TIMEOUT_S, socket_connect_timeout=_TIMEOUT_S
+            settings.redis_url,
+            password=redis_password(settings.redis_password_file),
+            socket_timeout=_TIMEOUT_S,
+            socket_connect_timeout=_TIMEOUT_S,
         )
 
     def append(self, events: list[KvEvent]) -> str:
@@ -96,6 +100,7 @@ class StreamFollower:
     def __init__(self, settings: KvStreamSettings, apply: Callable[[KvEvent], None]) -> None:
         self._keys = _Keys(settings)
         self._url = settings.redis_url
+        self._password_file = settings.redis_password_file
         self._apply = apply
         self._redis: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
@@ -140,7 +145,10 @@ class StreamFollower:
         while not self._stopping:
             try:
                 self._redis = self._redis or aioredis.Redis.from_url(
-                    self._url, socket_timeout=_TIMEOUT_S + _READ_BLOCK_MS / 1000, socket_connect_timeout=_TIMEOUT_S
+                    self._url,
+                    password=redis_password(self._password_file),
+                    socket_timeout=_TIMEOUT_S + _READ_BLOCK_MS / 1000,
+                    socket_connect_timeout=_TIMEOUT_S,
                 )
                 cursor, skip_until = await self._resync()
                 if failures:

@@ -18,6 +18,7 @@ import redis
 
 from contracts.redis_keys import RedisKeys
 from deployments.ingress import api_keys
+from deployments.redis_auth import redis_password
 
 
 def add(client: redis.Redis, app: str, name: str, rate: float | None = None, burst: int | None = None) -> str:
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis", required=True, help="the app's redis_url")
     parser.add_argument("--app", default="dflash", help="the app's name (AppConfig.name)")
+    parser.add_argument("--redis-password-file", default=None, help="the app's redis_password_file")
     sub = parser.add_subparsers(dest="command", required=True)
     p_add = sub.add_parser("add", help="create a key and print it (once)")
     p_add.add_argument("name")
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p_rev.add_argument("name_or_digest")
     sub.add_parser("list", help="names, digests and limits (never keys)")
     opts = parser.parse_args(argv)
-    client = redis.Redis.from_url(opts.redis)
+    client = redis.Redis.from_url(opts.redis, password=redis_password(opts.redis_password_file))
     if opts.command == "add":
         print(add(client, opts.app, opts.name, opts.rate, opts.burst))
     elif opts.command == "revoke":

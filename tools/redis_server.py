@@ -15,17 +15,21 @@ from tools.ports import free_port
 
 
 class RedisServer:
-    def __init__(self) -> None:
+    """``password``: the server requires it (``--requirepass``), as production's does."""
+
+    def __init__(self, password: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server; .ci/run does)")
         self.binary = binary
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv += ["--requirepass", self.password] if self.password else []
         self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

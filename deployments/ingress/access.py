@@ -29,6 +29,7 @@ from contracts.redis_keys import RedisKeys
 from deployments.ingress import api_keys
 from deployments.ingress.errors import ApiError
 from deployments.ingress.rate_limit import TokenBucket
+from deployments.redis_auth import redis_password
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,13 @@ def bearer_key(authorization: str | None) -> str | None:
 class Access:
     """One per ingress replica. :meth:`check` raises :class:`ApiError` (401, 429 or 503) or returns."""
 
-    def __init__(self, auth: AuthConfig, redis_url: str | None, app_name: str) -> None:
+    def __init__(
+        self, auth: AuthConfig, redis_url: str | None, app_name: str, redis_password_file: str | None = None
+    ) -> None:
         self._auth = auth
         self._static = frozenset(auth.api_key_sha256)
         self._redis_url = redis_url
+        self._redis_password_file = redis_password_file
         self._keys = RedisKeys(app_name)
         self._client: aioredis.Redis | None = None
         self._bucket: TokenBucket | None = None
@@ -61,7 +65,10 @@ class Access:
         if self._client is None or self._bucket is None:
             assert self._redis_url is not None  # AppConfig requires it for redis_keys and rate limits
             self._client = aioredis.Redis.from_url(
-                self._redis_url, socket_timeout=_REDIS_TIMEOUT_S, socket_connect_timeout=_REDIS_TIMEOUT_S
+                self._redis_url,
+                password=redis_password(self._redis_password_file),
+                socket_timeout=_REDIS_TIMEOUT_S,
+                socket_connect_timeout=_REDIS_TIMEOUT_S,
             )
             self._bucket = TokenBucket(self._client)
         return self._client, self._bucket

@@ -109,7 +109,7 @@ class Ingress:
         self._engines = engines
         self._models = {m.id: m for m in config.effective_models()}
         self._metrics = IngressMetrics()
-        self._access = Access(config.auth, config.redis_url, config.name)
+        self._access = Access(config.auth, config.redis_url, config.name, config.redis_password_file)
         self._admission = Admission(admission_limits, config.ingress.admission)
         self._dispatcher = Dispatcher(engines, config.ingress, self._metrics)
         self._created = int(time.time())

@@ -139,3 +139,19 @@ def test_redis_outage_follows_the_configured_fail_mode(server: RedisServer, mode
         server.start()
     # Back to normal once Redis answers. This one restarted empty (no persistence): its keys are gone.
     assert [_status(access, k) for k in (static, key)] == [200, 401]
+
+
+def test_a_redis_with_a_password_is_reached_through_the_password_file(tmp_path, capsys: pytest.CaptureFixture[str]):
+    """Production's Redis requires a password, which the app reads from a mounted secret file only."""
+    secret = tmp_path / "redis-password"
+    secret.write_text("s3cret-pw\n")
+    server = RedisServer(password="s3cret-pw")
+    server.start()
+    try:
+        assert cli.main(["--redis", server.url, "--redis-password-file", str(secret), "--app", APP, "add", "a"]) == 0
+        key = capsys.readouterr().out.strip()
+        auth = AuthConfig(redis_keys=True, key_cache_s=0)
+        assert _status(Access(auth, server.url, APP, str(secret)), key) == 200
+        assert _status(Access(auth, server.url, APP), key) == 503  # no password: Redis refuses, fail closed
+    finally:
+        server.stop()
