@@ -37,6 +37,7 @@ from deployments.ingress.errors import ApiError, error_body
 from deployments.ingress.ingress_metrics import IngressMetrics, engine_exposition, ingress_exposition
 from deployments.ingress.openapi import openapi_document
 from deployments.ingress.prompt import RenderedPrompt, load_tokenizer, render_prompt, routing_hint, template_variables
+from deployments.ingress.readiness import Readiness
 from deployments.ingress.validation import (
     ENDPOINTS,
     protocol,
@@ -112,6 +113,13 @@ class Ingress:
         self._access = Access(config.auth, config.redis_url, config.name, config.redis_password_file)
         self._admission = Admission(admission_limits, config.ingress.admission)
         self._dispatcher = Dispatcher(engines, config.ingress, self._metrics)
+        self._readiness = Readiness(
+            {
+                m.id: (engines[m.id].app_name, engines[m.id].deployment_name)
+                for m in config.models
+                if m.replicas.min_replicas > 0
+            }
+        )
         self._created = int(time.time())
         tokenizers = {m.id: load_tokenizer(m.tokenizer or m.target) for m in config.models}
         self._template_inputs = {model_id: template_variables(tok) for model_id, tok in tokenizers.items()}
@@ -155,6 +163,11 @@ class Ingress:
 
     @app.get("/health")
     async def health(self) -> Response:
+        """200 once every model that is not scaled to zero has a running replica, else 503 (``Readiness``)."""
+        waiting = await self._readiness.waiting()
+        if waiting:
+            body = {"status": "starting", "models": sorted(self._models), "waiting_for": waiting}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
         return JSONResponse({"status": "ok", "models": sorted(self._models)})
 
     @app.get("/metrics")
