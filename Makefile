@@ -19,7 +19,7 @@ TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket
 
 .PHONY: help install models serve smoke test test-unit lint clean bench-routing bench-routing-quick bench-routing-sim \
 	corpus train-demo bench-demo bench-chat-replay bench-data bench bench-quick bench-overhead bench-scaling bench-autoscaling \
-	image serve-config up deploy status down monitoring chaos
+	image serve-config up deploy status down monitoring chaos attacks
 
 help:
 	@echo "make serve    install what is missing, build the tiny models, serve http://127.0.0.1:$(PORT)/v1"
@@ -31,6 +31,7 @@ help:
 	@echo "make bench-chat-replay  multi-turn chats through make serve's config with 2 replicas: engine hits vs the ideal"
 	@echo "make smoke    start make serve, ask it through the openai client, stop it, check nothing is left"
 	@echo "make chaos    inject faults (replica kill, redis outage, disconnects, overload) under load -> docs/reliability.md"
+	@echo "make attacks  a hostile client's attacks against the app (keys on) -> docs/security.md"
 	@echo "make lint     ruff"
 	@echo "make bench BENCH_ARGS='--base-url URL --model M'  the DFlash table (AR vs DFlash) through any endpoint"
 	@echo "make bench-quick  the same harness on the tiny CPU demo pair (a smoke test, no speed claims)"
@@ -140,6 +141,10 @@ bench-routing: models $(PEERS)
 
 chaos: models
 	$(PY) -m bench.chaos
+
+# Each attack of docs/security.md's threat model against make serve's app with keys on -> its table there.
+attacks: models
+	$(PY) -m bench.attacks
 
 bench-routing-quick: models $(PEERS)
 	$(PY) -m bench.routing_real --quick

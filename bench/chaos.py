@@ -33,6 +33,7 @@ import httpx
 from tqdm import tqdm
 
 from bench.chaos_load import LoadGenerator, LoadReport
+from bench.doc_markers import replace_between
 from bench.machine import describe_machine
 from bench.prom import sample_total
 from config import AdmissionConfig, AppConfig, AuthConfig
@@ -243,11 +244,7 @@ def write(results: list[FaultResult]) -> None:
     (RESULTS / "chaos.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     plot(results, RESULTS / "chaos.png")
     table = f"Run {time.strftime('%Y-%m-%d')} on {describe_machine()}:\n\n{markdown(results)}"
-    if DOC.exists():
-        text = DOC.read_text()
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        DOC.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+    replace_between(DOC, BEGIN, END, table)
     print(table)
 
 
