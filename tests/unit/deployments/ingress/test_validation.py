@@ -142,31 +142,16 @@ def test_costly_requests_are_400_naming_the_limit(extra: dict, code: str):
 
 def test_requests_within_the_limits_pass():
     assert _validated("completions", {"model": "m", "prompt": ["a", "b"], "n": 4, "max_tokens": 125}).n == 4
-    assert _validated("completions", {"model": "m", "prompt": [1, 2, 3], "n": 4}).n == 4  # 4 x max_model_len
-    # One whole context is always allowed, whatever max_output_tokens says.
+    assert _validated("completions", {"model": "m", "prompt": [1, 2, 3], "n": 4}).n == 4  # vLLM's default 16 tokens
+    # One whole context is always allowed, whatever max_output_tokens says; a chat without max_tokens asks for one.
+    assert _validated("chat", {"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 4}).n == 4
     tiny = LIMITS.model_copy(update={"max_output_tokens": 1})
     chat = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": MAX_MODEL_LEN}
-    req = validated_request(
-        "chat",
-        chat,
-        max_messages=8,
-        template_inputs=frozenset(),
-        limits=tiny,
-        max_model_len=MAX_MODEL_LEN,
-        media=MediaConfig(),
-    )
+    req = _validated("chat", chat, limits=tiny)
     assert req.max_completion_tokens == MAX_MODEL_LEN
     chat["max_completion_tokens"] = MAX_MODEL_LEN + 1
     with pytest.raises(ApiError):
-        validated_request(
-            "chat",
-            chat,
-            max_messages=8,
-            template_inputs=frozenset(),
-            limits=tiny,
-            max_model_len=MAX_MODEL_LEN,
-            media=MediaConfig(),
-        )
+        _validated("chat", chat, limits=tiny)
 
 
 @pytest.mark.parametrize(
