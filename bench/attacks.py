@@ -64,8 +64,11 @@ def _chat(model: str, **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
 
 
-def _slow_body(base_url: str) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
-    """Headers announce 1,000 bytes, nine arrive, then nothing (slowloris); the answer is read off the socket."""
+def _slow_body(base_url: str, key: str) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
+    """Headers announce 1,000 bytes, nine arrive, then nothing (slowloris); the answer is read off the socket.
+
+    With a valid key: without one the ingress answers 401 before it reads the body at all.
+    """
 
     async def send(_: httpx.AsyncClient) -> httpx.Response:
         host, port = base_url.removeprefix("http://").split(":")
@@ -74,7 +77,9 @@ def _slow_body(base_url: str) -> Callable[[httpx.AsyncClient], Awaitable[httpx.R
             with socket.create_connection((host, int(port)), timeout=120) as sock:
                 sock.sendall(
                     b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: 1000\r\n\r\n" + b'{"model":'
+                    + f"Authorization: Bearer {key}\r\n".encode()
+                    + b"Content-Length: 1000\r\n\r\n"
+                    + b'{"model":'
                 )
                 return sock.recv(65536).decode(errors="replace")
 
@@ -120,7 +125,7 @@ def attacks(base_url: str, model: str, key: str, internal_url: str) -> list[Atta
         return send
 
     image = [{"type": "image_url", "image_url": {"url": internal_url}}, {"type": "text", "text": "what is this?"}]
-    many = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " * 8} for i in range(3001)]
+    many = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i}"} for i in range(3001)]
     return [
         Attack("no API key", 401, "invalid_api_key", post(_chat(model), headers={})),
         Attack("wrong API key", 401, "invalid_api_key", post(_chat(model), headers={"Authorization": "Bearer sk-x"})),
@@ -128,8 +133,11 @@ def attacks(base_url: str, model: str, key: str, internal_url: str) -> list[Atta
         Attack("/docs on a production config", 404, None, get("/docs", auth)),
         Attack("JSON nesting bomb ([ x 100,000)", 400, "invalid_json", post(b"[" * 100_000)),
         Attack("body over 8 MiB", 413, "body_too_large", post(b'{"model": "' + b"x" * (9 << 20) + b'"}')),
-        Attack("body that never finishes (slowloris)", 408, "body_timeout", _slow_body(base_url)),
+        Attack("body that never finishes, no key (slowloris)", 401, None, _slow_body(base_url, "")),
+        Attack("body that never finishes, valid key", 408, "body_timeout", _slow_body(base_url, key)),
         Attack("3,001-message chat (quadratic template)", 400, "too_many_messages", post(_chat(model, messages=many))),
+        Attack("201-message chat (fills the context; rendered off the loop)", 200, None,
+               post(_chat(model, messages=[*many[:200], {"role": "user", "content": "and?"}]))),
         Attack("client chat_template (Jinja on our hosts)", 400, "chat_template_not_allowed",
                post(_chat(model, chat_template="{% for i in range(10**9) %}x{% endfor %}"))),
         Attack("tokenizer kwargs via chat_template_kwargs", 200, None,
