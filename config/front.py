@@ -42,6 +42,15 @@ class AuthConfig(Strict):
         "rate limit); open admits them without their rate limit, accepting Redis keys this replica has already "
         "verified (never an unknown key). Static keys work either way.",
     )
+    redis_breaker_failures: int = Field(
+        3, ge=1, description="Consecutive Redis failures after which access control stops trying Redis for a while."
+    )
+    redis_breaker_open_s: float = Field(
+        5.0,
+        gt=0,
+        description="How long Redis is not tried once the breaker opened (requests get on_redis_error's answer at "
+        "once instead of after a timeout each); then one trial request decides.",
+    )
     protect_metrics: bool = Field(
         True,
         description="Require a key for /metrics too (each scrape fans out to every replica; "

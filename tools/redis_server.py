@@ -7,6 +7,7 @@ database (no persistence), which is what an outage test needs.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -39,6 +40,15 @@ class RedisServer:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError("redis-server did not start")
+
+    def pause(self) -> None:
+        """SIGSTOP: connections are accepted by the kernel and never answered (a blackholed Redis)."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         if self._proc is not None:

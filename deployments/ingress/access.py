@@ -20,12 +20,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import redis
 import redis.asyncio as aioredis
 
 from config import AuthConfig
 from contracts.redis_keys import RedisKeys
+from deployments.circuit_breaker import CircuitBreaker
 from deployments.ingress import api_keys
 from deployments.ingress.errors import ApiError
 from deployments.ingress.rate_limit import TokenBucket
@@ -35,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 _REDIS_TIMEOUT_S = 1.0
 _CACHE_ENTRIES = 10_000
+T = TypeVar("T")
+
+
+class RedisCircuitOpen(redis.ConnectionError):
+    """Redis was not tried: the breaker is open after consecutive failures."""
 
 
 def bearer_key(authorization: str | None) -> str | None:
@@ -59,6 +67,7 @@ class Access:
         self._bucket: TokenBucket | None = None
         # digest -> (verified at, record): keys verified in Redis, newest last.
         self._verified: OrderedDict[str, tuple[float, api_keys.KeyRecord]] = OrderedDict()
+        self.breaker = CircuitBreaker(auth.redis_breaker_failures, auth.redis_breaker_open_s)
 
     def _redis(self) -> tuple[aioredis.Redis, TokenBucket]:
         # Made on first use, inside the replica's event loop that will use it.
@@ -87,7 +96,7 @@ class Access:
         burst = (record and record.burst) or self._auth.rate_limit_burst
         _, bucket = self._redis()
         try:
-            wait_s = await bucket.take(self._keys.rate_bucket(key_digest), rate, burst)
+            wait_s = await self._guarded(lambda: bucket.take(self._keys.rate_bucket(key_digest), rate, burst))
         except redis.RedisError as exc:
             self._redis_unavailable(exc, key_digest)
             return
@@ -107,7 +116,7 @@ class Access:
             return cached[1]
         client, _ = self._redis()
         try:
-            fields = await client.hgetall(self._keys.api_key_prefix + key_digest)
+            fields = await self._guarded(lambda: client.hgetall(self._keys.api_key_prefix + key_digest))
         except redis.RedisError as exc:
             self._redis_unavailable(exc, key_digest)
             if cached is None:  # fail-open still refuses a key it has never seen
@@ -123,11 +132,30 @@ class Access:
             self._verified.popitem(last=False)
         return record
 
+    async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` through the breaker: refused at once (:class:`RedisCircuitOpen`) while it is open."""
+        if not self.breaker.allow():
+            raise RedisCircuitOpen("redis not tried: circuit open")
+        try:
+            result = await call()
+        except redis.RedisError as exc:
+            if self.breaker.failure():
+                logger.warning(
+                    "redis failing (%r): not tried for %.0f s (on_redis_error=%s)",
+                    exc,
+                    self._auth.redis_breaker_open_s,
+                    self._auth.on_redis_error,
+                )
+            raise
+        self.breaker.success()
+        return result
+
     def _redis_unavailable(self, exc: Exception, key_digest: str) -> None:
         """Fail-closed raises 503; fail-open returns (the caller admits the request)."""
-        logger.warning(
-            "redis unreachable for key %s…: %r (on_redis_error=%s)", key_digest[:8], exc, self._auth.on_redis_error
-        )
+        if not isinstance(exc, RedisCircuitOpen):  # an open breaker was logged when it opened
+            logger.warning(
+                "redis unreachable for key %s…: %r (on_redis_error=%s)", key_digest[:8], exc, self._auth.on_redis_error
+            )
         if self._auth.on_redis_error == "closed":
             raise ApiError(
                 503,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -124,6 +125,7 @@ def test_redis_outage_follows_the_configured_fail_mode(server: RedisServer, mode
         key_cache_s=0,
         rate_limit_per_s=100,
         on_redis_error=mode,
+        redis_breaker_open_s=0.05,
     )
     access = _fresh(auth, server.url)
     assert _status(access, key) == 200  # verified once while Redis is up
@@ -137,8 +139,33 @@ def test_redis_outage_follows_the_configured_fail_mode(server: RedisServer, mode
         assert _status(access, "sk-wrong") == (503 if mode == "closed" else 401)
     finally:
         server.start()
+    time.sleep(0.1)  # past the breaker's open time: the next request is its trial
     # Back to normal once Redis answers. This one restarted empty (no persistence): its keys are gone.
     assert [_status(access, k) for k in (static, key)] == [200, 401]
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_a_blackholed_redis_opens_the_breaker_and_requests_stop_waiting_on_it(server: RedisServer, mode: str):
+    """SIGSTOP: Redis accepts connections and never answers; each try costs a client timeout until the breaker
+    opens, after which requests get the configured answer without trying Redis."""
+    static = "sk-static"
+    auth = AuthConfig(
+        api_key_sha256=[hashlib.sha256(static.encode()).hexdigest()],
+        rate_limit_per_s=100,
+        on_redis_error=mode,
+        redis_breaker_failures=2,
+        redis_breaker_open_s=600,
+    )
+    access = _fresh(auth, server.url)
+    assert _status(access, static) == 200
+    server.pause()
+    try:
+        answers = [_status(access, static) for _ in range(5)]
+    finally:
+        server.resume()
+    assert answers == [503] * 5 if mode == "closed" else [200] * 5
+    assert access.breaker.state == "open"
+    assert access.breaker.rejected == 3  # two timed out and opened it; three never waited on Redis
 
 
 def test_a_redis_with_a_password_is_reached_through_the_password_file(tmp_path, capsys: pytest.CaptureFixture[str]):

@@ -1,0 +1,61 @@
+"""A circuit breaker for a dependency that can stop answering (Redis): fail fast while it is away.
+
+Without one, a blackholed Redis costs every request its client timeout before the configured fail-open or
+fail-closed answer; with it, after ``failures`` consecutive failures the breaker opens and calls fail at
+once for ``open_s``, then one trial call is let through (half-open): success closes it, failure reopens it.
+Pure (the clock is injected), so its transitions are unit-tested without any I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import StrEnum
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    def __init__(self, failures: int, open_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._threshold = failures
+        self._open_s = open_s
+        self._clock = clock
+        self._consecutive = 0
+        self._opened_at: float | None = None
+        self._trial_out = False
+        self.rejected = 0  # calls refused without trying, since start
+
+    @property
+    def state(self) -> BreakerState:
+        if self._opened_at is None:
+            return BreakerState.CLOSED
+        return BreakerState.HALF_OPEN if self._clock() - self._opened_at >= self._open_s else BreakerState.OPEN
+
+    def allow(self) -> bool:
+        """Whether to try the dependency now; in half-open state only one trial is out at a time."""
+        state = self.state
+        if state is BreakerState.CLOSED:
+            return True
+        if state is BreakerState.HALF_OPEN and not self._trial_out:
+            self._trial_out = True
+            return True
+        self.rejected += 1
+        return False
+
+    def success(self) -> None:
+        self._consecutive = 0
+        self._opened_at = None
+        self._trial_out = False
+
+    def failure(self) -> bool:
+        """Record a failed call; True when this failure opened (or reopened) the breaker."""
+        self._consecutive += 1
+        self._trial_out = False
+        if self._opened_at is not None or self._consecutive >= self._threshold:
+            self._opened_at = self._clock()
+            return True
+        return False
