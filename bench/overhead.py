@@ -30,6 +30,7 @@ from tqdm import tqdm
 from bench.datasets import load_prompts
 from bench.load import RequestResult, RunResult, run_closed_loop
 from bench.machine import describe_machine
+from bench.process_cpu import ROLES, snapshot
 from bench.vllm_server import start_vllm, stop, wait_healthy
 
 logger = logging.getLogger(__name__)
@@ -82,9 +83,19 @@ def compare(runs: dict[str, list[RunResult]]) -> dict[str, Any]:
 
 
 def measure(
-    urls: dict[str, str], model: str, prompts: list[str], c: int, rounds: int, per_round: int, tokens: int, bar: tqdm
+    urls: dict[str, str],
+    model: str,
+    prompts: list[str],
+    c: int,
+    rounds: int,
+    per_round: int,
+    tokens: int,
+    bar: tqdm,
+    roots: dict[str, int],
 ) -> dict[str, Any]:
+    """Alternating rounds at concurrency ``c``; ``roots`` (side -> root pid, bare vLLM's first) for CPU per role."""
     runs: dict[str, list[RunResult]] = {s: [] for s in SIDES}
+    cpu: dict[str, dict[str, float]] = {s: {} for s in SIDES}
 
     def done(_: RequestResult) -> None:
         bar.update()
@@ -94,8 +105,18 @@ def measure(
     for r in range(rounds):
         batch = bodies(prompts[(r + 1) * per_round : (r + 2) * per_round], model, tokens)
         for side in SIDES if r % 2 == 0 else tuple(reversed(SIDES)):
+            before = snapshot(roots)[side]
             runs[side].append(asyncio.run(run_closed_loop(urls[side], batch, c, on_done=done)))
-    return compare(runs)
+            after = snapshot(roots)[side]
+            for role in after:
+                cpu[side][role] = cpu[side].get(role, 0.0) + after[role] - before[role]
+    out = compare(runs)
+    for side in SIDES:  # CPU milliseconds per generated token, by process role, over every round of the side
+        tokens_out = out[side]["output_tokens"]
+        out[side]["cpu_ms_per_token"] = {
+            role: round(s * 1000 / tokens_out, 3) for role, s in cpu[side].items() if s > 0 and tokens_out
+        }
+    return out
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -127,6 +148,18 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def cpu_report(results: dict[str, Any]) -> str:
+    """CPU milliseconds per generated token by process role, bare vLLM and ours side by side."""
+    lines = ["| c | process | bare vLLM ms/token | dflash-serve ms/token |", "|---|---|---|---|"]
+    for c, x in results["by_concurrency"].items():
+        a, b = x["vllm"].get("cpu_ms_per_token", {}), x["dflash_serve"].get("cpu_ms_per_token", {})
+        for role in ROLES:
+            if role in a or role in b:
+                lines.append(f"| {c} | {role} | {a.get(role, '–')} | {b.get(role, '–')} |")
+        lines.append(f"| {c} | **total** | {sum(a.values()):.3f} | {sum(b.values()):.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def report(results: dict[str, Any]) -> str:
@@ -206,20 +239,21 @@ def main() -> None:
                 "vllm": f"http://127.0.0.1:{vllm_port}/v1/chat/completions",
                 "dflash_serve": ours + "/v1/chat/completions",
             }
+            roots = {"vllm": proc.pid, "dflash_serve": os.getpid()}  # bare vLLM's tree first (see snapshot)
             plan = {c: args.requests or max(8, c) for c in concurrencies}
             total = sum(2 * args.rounds * n for n in plan.values())
             with tqdm(total=total, desc="overhead", unit="req") as bar:
                 for c, n in plan.items():
                     bar.set_postfix_str(f"c={c}")
                     results["by_concurrency"][str(c)] = measure(
-                        urls, model.id, prompts, c, args.rounds, n, args.max_tokens, bar
+                        urls, model.id, prompts, c, args.rounds, n, args.max_tokens, bar, roots
                     )
                     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))  # a partial run counts
     finally:
         stop(proc)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     plot(results, args.out.with_suffix(".png"))
-    print("\n" + results["label"] + "\n\n" + report(results))
+    print("\n" + results["label"] + "\n\n" + report(results) + "\n" + cpu_report(results))
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
 
 

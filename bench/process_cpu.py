@@ -1,0 +1,70 @@
+"""CPU time per process role, so a benchmark can say where each generated token's CPU goes.
+
+Roles are told apart by the titles the processes give themselves: Ray names its actors
+``ray::ProxyActor`` and ``ray::ServeReplica:<app>:<deployment>``, vLLM names its engine process
+``VLLM::EngineCore`` (setproctitle). Bare ``vllm serve`` is its API server process plus that engine core.
+A snapshot sums user + system CPU seconds of every live process in each role; the difference of two
+snapshots around a run, divided by the tokens it generated, is CPU per token per role (bench/overhead.py).
+"""
+
+from __future__ import annotations
+
+import psutil
+
+ROLES = ("serve_proxy", "ingress", "engine_replica_api", "engine_core", "ray_control", "vllm_api_server")
+
+
+def _cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline()) or p.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
+
+
+def role_of(title: str, bare_vllm_pids: frozenset[int] = frozenset(), pid: int = -1) -> str | None:
+    """The role a process with this title (cmdline) plays, or None when it is not on the serving path."""
+    if "EngineCore" in title:
+        return "engine_core"
+    if pid in bare_vllm_pids:
+        return "vllm_api_server"
+    if "ray::ProxyActor" in title:
+        return "serve_proxy"
+    if "ray::ServeReplica:" in title:
+        return "ingress" if ":Ingress" in title else "engine_replica_api"
+    if "ray::" in title or "raylet" in title or "gcs_server" in title or "dashboard" in title:
+        return "ray_control"
+    return None
+
+
+def snapshot(roots: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Per side (``roots``: side -> root pid), CPU seconds by role; a side is its root and its descendants.
+
+    Sides are taken in order and a process belongs to the first side whose tree holds it, so a root that
+    is this process (which started Ray, and also started ``vllm serve``) comes last. This process itself
+    (the load client) is never counted.
+    """
+    me = psutil.Process().pid
+    claimed: set[int] = {me}
+    out: dict[str, dict[str, float]] = {}
+    for side, root_pid in roots.items():
+        totals = dict.fromkeys(ROLES, 0.0)
+        try:
+            root = psutil.Process(root_pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        bare = frozenset({root_pid}) if root_pid != me else frozenset()
+        for p in procs:
+            if p.pid in claimed:
+                continue
+            claimed.add(p.pid)
+            role = role_of(_cmdline(p), bare, p.pid)
+            if role is None:
+                continue
+            try:
+                t = p.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            totals[role] += t.user + t.system
+        out[side] = totals
+    return out
