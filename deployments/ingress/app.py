@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from ray import serve
+from ray.exceptions import TaskCancelledError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -90,6 +91,9 @@ async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> 
 
 @app.exception_handler(Exception)
 async def _unexpected_error_handler(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, TaskCancelledError):  # the client left mid-stream and Serve cancelled its engine call
+        logger.info("%s %s: cancelled, the client went away", request.method, request.url.path)
+        return JSONResponse(error_body(499, "Client closed the request.", code="client_closed"), status_code=499)
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     return JSONResponse(error_body(500, "Internal error in dflash-serve; see the ingress log."), status_code=500)
 
