@@ -5,6 +5,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The peer routers (smg, vllm-router: pyproject's `peers` extra), for bench-routing and the tests that check its
+# command lines against them. Defined up here: a prerequisite list is expanded when its rule is read.
+PEERS := $(VENV)/.peers
 PORT ?= 8000
 CONFIG ?= serve_app/configs/local.yaml
 SPECULATIVE ?=
@@ -128,8 +131,6 @@ bench-overhead: models bench-data
 bench-scaling: install
 	$(PY) -m bench.scaling
 
-# The peer routers (smg, vllm-router: pyproject's `peers` extra) go into the venv only for this benchmark.
-PEERS := $(VENV)/.peers
 $(PEERS): pyproject.toml | install
 	$(PY) -m pip install -q $$($(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['peers'])")
 	@touch $@
