@@ -95,7 +95,16 @@ def test_completions_echo_answers_as_vllm_does(served: Served, extra: dict):
     assert through_ingress.status_code == 200, through_ingress.text
     # The same request straight to an engine replica, validated as the ingress validates it, ids not forwarded.
     engine = served.engine_handle(AR_MODEL).options(stream=True)
-    req = validated_request("completions", dict(body), max_messages=1, template_inputs=frozenset())
+    ingress = served.config.ingress
+    req = validated_request(
+        "completions",
+        dict(body),
+        max_messages=1,
+        template_inputs=frozenset(),
+        limits=ingress.limits,
+        max_model_len=served.config.models[0].engine.max_model_len,
+        media=ingress.media,
+    )
     replies = list(engine.completions.remote(req))
     assert [(kind, status) for kind, status, _ in replies] == [("json", 200)]
     ours, vllms = through_ingress.json(), json.loads(json.dumps(replies[0][2]))  # as JSON, like the ingress's
