@@ -7,7 +7,7 @@ network, bodies that never finish, missing keys. Each row says what the attack a
 how long an unrelated request took to its first token while the attack ran. Whether the answer is the one
 specified is the row's verdict; the script exits non-zero if any is not.
 
-Writes bench/results/attacks.json and the table between the attacks markers of docs/security.md.
+Writes docs/results/attacks.json and the table between the attacks markers of docs/security.md.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from tools.ports import free_port
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
+RESULTS = REPO / "docs" / "results"  # the table in docs/security.md is made from this run's file
 DOC = REPO / "docs" / "security.md"
 BEGIN, END = "<!-- attacks:begin -->", "<!-- attacks:end -->"
 
@@ -81,12 +81,20 @@ def _slow_body(base_url: str, key: str) -> Callable[[httpx.AsyncClient], Awaitab
                     + b"Content-Length: 1000\r\n\r\n"
                     + b'{"model":'
                 )
-                return sock.recv(65536).decode(errors="replace")
+                raw = sock.recv(65536)
+                sock.settimeout(2)  # the body may follow the headers in another packet (or in chunks)
+                try:
+                    while chunk := sock.recv(65536):
+                        raw += chunk
+                except TimeoutError:
+                    pass
+                return raw.decode(errors="replace")
 
         raw = await asyncio.to_thread(blocking)
         status = int(raw.split(" ", 2)[1]) if raw.startswith("HTTP/") else 0
         body = raw.partition("\r\n\r\n")[2]
-        return httpx.Response(status, content=body.encode())
+        json_part = body[body.find("{") : body.rfind("}") + 1]  # chunked framing around it, if any
+        return httpx.Response(status, content=json_part.encode())
 
     return send
 
@@ -204,7 +212,8 @@ def attack_config(key: str) -> AppConfig:
 
 def markdown(outcomes: list[Outcome], ssrf_hits: int) -> str:
     lines = [
-        "| attack | specified | got | answered in | unrelated request's first token meanwhile | verdict |",
+        "| attack | specified | got | done in (attack and bystander) "
+        "| unrelated request's first token meanwhile | verdict |",
         "|---|---|---|---:|---:|---|",
     ]
     for o in outcomes:
