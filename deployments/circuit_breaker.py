@@ -51,6 +51,13 @@ class CircuitBreaker:
         self._opened_at = None
         self._trial_out = False
 
+    def abandon(self) -> None:
+        """A call let through ended with no outcome (cancelled): a half-open breaker's trial is free again.
+
+        Without this, a trial whose client left would hold the only half-open slot for good.
+        """
+        self._trial_out = False
+
     def failure(self) -> bool:
         """Record a failed call; True when this failure opened (or reopened) the breaker."""
         self._consecutive += 1

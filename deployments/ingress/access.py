@@ -147,6 +147,9 @@ class Access:
                     self._auth.on_redis_error,
                 )
             raise
+        except BaseException:  # cancelled (the client left) or a bug: no verdict on Redis either way
+            self.breaker.abandon()
+            raise
         self.breaker.success()
         return result
 

@@ -37,3 +37,13 @@ def test_half_open_lets_one_trial_through_and_its_outcome_decides():
     assert b.allow()
     b.success()
     assert b.state is BreakerState.CLOSED and b.allow() and b.allow()
+
+
+def test_an_abandoned_trial_frees_the_half_open_slot():
+    clock = Clock()
+    b = CircuitBreaker(failures=1, open_s=5, clock=clock)
+    b.failure()
+    clock.now = 5
+    assert b.allow() and not b.allow()
+    b.abandon()  # the trial's caller was cancelled before Redis answered
+    assert b.allow()
