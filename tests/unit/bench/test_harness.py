@@ -13,9 +13,10 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from bench import datasets
-from bench.dflash_table import REFERENCE, markdown_table, request_bodies, smoke_problems, speedups
+from bench.dflash_table import markdown_table, request_bodies, smoke_problems, speedups
 from bench.load import RequestResult, RunResult, _has_output
 from bench.prom import SpecCounters, read_counters, sample_total
+from sim.seed_table import REFERENCE
 
 EXPECTED_RECORDS = {"math500": 500, "gsm8k": 1319, "humaneval": 164, "mbpp": 257, "mt-bench": 80}
 
