@@ -1,24 +1,25 @@
-"""The cost of one engine step on one replica, calibrated to the seed table (one B300, gemma-4-26B-A4B).
+"""The cost of one engine step on one replica, fitted to the seed table (one B300, gemma-4-26B-A4B).
 
 A replica runs vLLM's continuous batching: every step carries each running sequence's decode tokens
 plus chunks of pending prefills, up to ``max_batched_tokens``. A step costs
 
     t_step = t_decode(b) + prefill_tokens / prefill_tps        (t_decode(0) = t_ar(1): one weight pass)
 
-**Autoregressive decode.** The seed table measured 259, 1296 and 3233 output tok/s at concurrency 1, 8
-and 32, so one decode step takes b / throughput: 3.86, 6.17 and 9.90 ms. Between those points
-``t_ar(b)`` interpolates linearly; past 32 it keeps the last slope (0.155 ms per sequence), the slow
-growth of a memory-bound step as its KV reads grow.
+**Autoregressive decode.** A seed cell at concurrency c measured c / tokens/s per step; ``t_ar(b)``
+runs through the mean over the five tasks at c = 1, 8 and 32 (3.84, 6.54 and 11.35 ms), linearly in
+between, and past 32 keeps the last slope: the slow growth of a memory-bound step as its KV reads grow.
 
-**DFlash.** A step drafts ``spec_tokens`` (15) tokens with the drafter and verifies them with the target;
-a sequence gains its acceptance length τ (drawn per request from the seed's 4.3–8.6) per step:
+**DFlash.** A step drafts ``spec_tokens`` (15) tokens and verifies them; a sequence gains its
+acceptance length τ per step (drawn per request from the seed's range, 4.24–8.61). The seed cells give
+the DFlash step time c·τ / tokens/s, and
 
-    t_spec(b) = κ · t_ar(b) + (spec_tokens + 1) · b / prefill_tps
+    t_spec(b) = κ · t_ar(b) + v · b
 
-The second term charges the verified tokens at the prefill rate (verification is compute, like a
-prefill chunk); κ covers the drafter and the wider expert reads of a 16-token verify. κ is solved so
-that at b = 1 and the median τ the speedup is the seed's median 3.45× (3.2–3.7×). The model then gives
-2.9× at b = 8 and 2.0× at b = 64: speculation pays less as the batch fills, as measured elsewhere.
+is fitted to all fifteen cells (each against its own AR step) by least squares in relative error with
+v ≥ 0 (``fit_dflash_cost``). κ covers the drafter's pass and the wider expert reads of a 16-token verify;
+v would charge verify compute per sequence. The seed's speedups do not fall from c = 1 to 32, and the fit
+puts v at 0: the model keeps the speedup at τ / κ at every batch, extrapolating past 32, where the seed
+has no cell. ``calibration`` reports the model against every cell.
 
 **Prefill** runs at ``prefill_tps`` = 50k tokens/s: an assumption, not a measurement. 2·4B FLOPs per
 token is 8 GFLOP; a B300 (≈2.25 PFLOP/s dense BF16) at the ~20% MFU vLLM's fused-MoE prefill reaches
@@ -34,14 +35,59 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sim.production import production_model
+from sim.seed_table import SeedCell, seed_cells
 
-# The seed table: (concurrency, output tokens/s) of plain autoregressive decoding on one B300.
-SEED_AR_THROUGHPUT: tuple[tuple[int, float], ...] = ((1, 259.0), (8, 1296.0), (32, 3233.0))
-SEED_TAU_RANGE: tuple[float, float] = (4.3, 8.6)
-SEED_SPEEDUP_AT_1 = 3.45  # the middle of the seed's 3.2–3.7x
+
+def _seed_ar_steps() -> tuple[tuple[int, float], ...]:
+    """(concurrency, AR step seconds): the mean over the seed's tasks at each measured concurrency."""
+    cells = seed_cells()
+    return tuple(
+        (c, statistics.fmean(x.ar_step_s for x in cells if x.concurrency == c))
+        for c in sorted({x.concurrency for x in cells})
+    )
+
+
+SEED_AR_STEPS = _seed_ar_steps()
+SEED_TAU_RANGE: tuple[float, float] = (min(c.tau for c in seed_cells()), max(c.tau for c in seed_cells()))
+
+
+@dataclass(frozen=True, slots=True)
+class DflashCost:
+    """A DFlash step's time against the AR step at the same batch: ``kappa · t_ar(b) + verify_s · b``."""
+
+    kappa: float
+    verify_s: float  # per sequence in the batch, >= 0
+
+    def step_s(self, ar_step_s: float, batch: int) -> float:
+        return self.kappa * ar_step_s + self.verify_s * batch
+
+
+def fit_dflash_cost(cells: Sequence[SeedCell]) -> DflashCost:
+    """Least squares in relative step-time error over ``cells``, both terms held at or above 0.
+
+    Each cell is one row ``kappa · ar/spec + verify_s · c/spec ≈ 1``. Non-negative least squares in two
+    unknowns: the unconstrained solution if it is feasible, else the better of the two one-term fits.
+    """
+    xs = [c.ar_step_s / c.dflash_step_s for c in cells]
+    ys = [c.concurrency / c.dflash_step_s for c in cells]
+
+    def sse(fit: DflashCost) -> float:
+        return sum((fit.kappa * x + fit.verify_s * y - 1) ** 2 for x, y in zip(xs, ys, strict=True))
+
+    sxx, syy = sum(x * x for x in xs), sum(y * y for y in ys)
+    sxy, sx, sy = sum(x * y for x, y in zip(xs, ys, strict=True)), sum(xs), sum(ys)
+    candidates = [DflashCost(kappa=sx / sxx, verify_s=0.0), DflashCost(kappa=0.0, verify_s=sy / syy)]
+    det = sxx * syy - sxy * sxy
+    if det > 1e-12 * sxx * syy:  # not collinear
+        full = DflashCost(kappa=(sx * syy - sy * sxy) / det, verify_s=(sy * sxx - sx * sxy) / det)
+        if full.kappa >= 0 and full.verify_s >= 0:
+            candidates.append(full)
+    return min(candidates, key=sse)
 
 
 def _production_k() -> int:
@@ -49,6 +95,26 @@ def _production_k() -> int:
     if speculative is None:
         raise ValueError("the production config serves no drafter; the simulator models DFlash")
     return speculative.num_speculative_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class CellFit:
+    """The model against one seed cell: tokens/s it predicts at the cell's concurrency (and τ) vs measured."""
+
+    task: str
+    concurrency: int
+    ar_tps: float
+    ar_model_tps: float
+    dflash_tps: float
+    dflash_model_tps: float
+
+    @property
+    def ar_error(self) -> float:
+        return self.ar_model_tps / self.ar_tps - 1
+
+    @property
+    def dflash_error(self) -> float:
+        return self.dflash_model_tps / self.dflash_tps - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,16 +129,15 @@ class EngineModel:
     speculative: bool = True
     spec_tokens: int = field(default_factory=_production_k)
     tau_range: tuple[float, float] = SEED_TAU_RANGE
-    speedup_at_1: float = SEED_SPEEDUP_AT_1
+    dflash: DflashCost = field(default_factory=lambda: fit_dflash_cost(seed_cells()))
 
     def ar_step_s(self, batch: int) -> float:
         """Step time of plain decoding at ``batch`` sequences (piecewise linear through the seed points)."""
-        points = [(c, c / tps) for c, tps in SEED_AR_THROUGHPUT]
         b = max(1, batch)
-        for (c0, t0), (c1, t1) in itertools.pairwise(points):
+        for (c0, t0), (c1, t1) in itertools.pairwise(SEED_AR_STEPS):
             if b <= c1:
                 return t0 + (t1 - t0) * (b - c0) / (c1 - c0)
-        (c0, t0), (c1, t1) = points[-2], points[-1]
+        (c0, t0), (c1, t1) = SEED_AR_STEPS[-2], SEED_AR_STEPS[-1]
         return t1 + (t1 - t0) / (c1 - c0) * (b - c1)
 
     @property
@@ -80,20 +145,22 @@ class EngineModel:
         """Tokens of budget one decoding sequence uses per step (1 without speculation)."""
         return self.spec_tokens + 1 if self.speculative else 1
 
-    @property
-    def kappa(self) -> float:
-        """DFlash's step overhead factor, solved from the seed's speedup at concurrency 1 and median τ."""
-        tau = sum(self.tau_range) / 2
-        spec_step_1 = tau / self.speedup_at_1 * self.ar_step_s(1)
-        return (spec_step_1 - (self.spec_tokens + 1) / self.prefill_tps) / self.ar_step_s(1)
-
     def decode_step_s(self, batch: int) -> float:
         """One step with ``batch`` decoding sequences (and no prefill)."""
         if batch <= 0:
             return self.ar_step_s(1)
         if not self.speculative:
             return self.ar_step_s(batch)
-        return self.kappa * self.ar_step_s(batch) + self.verify_tokens * batch / self.prefill_tps
+        return self.dflash.step_s(self.ar_step_s(batch), batch)
+
+    def calibration(self, cells: Sequence[SeedCell] | None = None) -> tuple[CellFit, ...]:
+        """The model as the simulator runs it (one AR curve, the cell's τ) against each seed cell."""
+        out = []
+        for cell in cells if cells is not None else seed_cells():
+            c = cell.concurrency
+            spec = self.dflash.step_s(self.ar_step_s(c), c)
+            out.append(CellFit(cell.task, c, cell.ar_tps, c / self.ar_step_s(c), cell.dflash_tps, c * cell.tau / spec))
+        return tuple(out)
 
     def step_s(self, decoding: int, prefill_tokens: int) -> float:
         return self.decode_step_s(decoding) + prefill_tokens / self.prefill_tps

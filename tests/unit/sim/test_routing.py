@@ -16,11 +16,12 @@ from sim.routing.baselines import (
     SglangCacheAwarePolicy,
 )
 from sim.routing.cluster import SimConfig, Simulation, _events
-from sim.routing.engine import EngineModel
+from sim.routing.engine import EngineModel, fit_dflash_cost
 from sim.routing.kv_cache import KvCache
 from sim.routing.report import saturation_point
 from sim.routing.sweep import INDEX_HEADROOM, POLICY_SPECS, shared_prefix_workload
 from sim.routing.workloads import multi_turn, shared_prefix
+from sim.seed_table import SeedCell
 
 ENGINE = EngineModel(kv_blocks=512)
 SPECS = {s.name: s for s in POLICY_SPECS}
@@ -38,17 +39,34 @@ def groups():
     return shared_prefix_workload(1.0, 4, 600, ENGINE, seed=3)
 
 
-@pytest.mark.parametrize(("concurrency", "tps"), [(1, 259.0), (8, 1296.0), (32, 3233.0)])
-def test_autoregressive_decode_matches_the_seed_table(concurrency, tps):
-    ar = EngineModel(speculative=False)
-    assert ar.decode_tps(concurrency) == pytest.approx(tps, rel=1e-9)
+def _cells(kappa: float, verify_s: float) -> list[SeedCell]:
+    """A seed table that a known DFlash cost generated exactly, over several τ and AR speeds."""
+    out = []
+    for i, (c, ar_tps, tau) in enumerate(itertools.product((1, 8, 32), (250.0, 300.0), (4.0, 8.0))):
+        spec_step = kappa * c / ar_tps + verify_s * c
+        out.append(SeedCell(f"t{i}", c, ar_tps, c * tau / spec_step, tau))
+    return out
 
 
-def test_dflash_speedup_at_concurrency_one_is_the_seed_median_and_shrinks_with_the_batch():
-    spec, ar = EngineModel(), EngineModel(speculative=False)
-    assert spec.decode_tps(1) / ar.decode_tps(1) == pytest.approx(3.45)
-    speedups = [spec.decode_tps(b) / ar.decode_tps(b) for b in (1, 8, 32, 64)]
-    assert speedups == sorted(speedups, reverse=True) and speedups[-1] > 1.5
+@pytest.mark.parametrize(("kappa", "verify_s"), [(2.3, 0.0), (1.8, 1e-4), (3.0, 5e-5)])
+def test_the_dflash_fit_recovers_the_cost_that_made_a_table(kappa, verify_s):
+    fit = fit_dflash_cost(_cells(kappa, verify_s))
+    assert fit.kappa == pytest.approx(kappa, rel=1e-9) and fit.verify_s == pytest.approx(verify_s, abs=1e-12)
+
+
+def test_the_dflash_fit_never_charges_a_negative_cost_per_sequence():
+    # Speedups that grow with the batch would want v < 0: the fit holds it at 0 and refits kappa alone.
+    ar = {1: 250.0, 8: 1200.0, 32: 3000.0}
+    cells = [SeedCell("t", c, ar[c], ar[c] * s, 6.0) for c, s in ((1, 2.0), (8, 2.6), (32, 3.2))]
+    fit = fit_dflash_cost(cells)
+    assert fit.verify_s == 0.0 and min(c.speedup for c in cells) < 6.0 / fit.kappa < max(c.speedup for c in cells)
+
+
+def test_the_fitted_model_is_within_ten_percent_of_every_seed_cell():
+    # What docs/routing-simulator.md's calibration table reports, per cell; a change to the engine model
+    # that drifts from the seed table fails here.
+    errors = {(f.task, f.concurrency): f.dflash_error for f in EngineModel().calibration()}
+    assert len(errors) == 15 and max(abs(e) for e in errors.values()) < 0.10, errors
 
 
 def test_kv_cache_pins_hits_evicts_tail_first_and_logs_in_order():
