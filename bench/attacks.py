@@ -28,10 +28,10 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from bench.doc_markers import replace_between
 from bench.machine import describe_machine
 from config import AppConfig, AuthConfig
 from deployments.ingress import api_keys
+from tools.doc_markers import replace_between
 from tools.ports import free_port
 
 logger = logging.getLogger(__name__)

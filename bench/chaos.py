@@ -33,11 +33,11 @@ import httpx
 from tqdm import tqdm
 
 from bench.chaos_load import LoadGenerator, LoadReport
-from bench.doc_markers import replace_between
 from bench.machine import describe_machine
 from bench.prom import sample_total
 from config import AdmissionConfig, AppConfig, AuthConfig
 from deployments.ingress import api_keys
+from tools.doc_markers import replace_between
 from tools.ports import free_port
 from tools.redis_server import RedisServer
 
