@@ -234,12 +234,17 @@ def run_point(
     return out
 
 
-def describe(scale: Scale, engine: EngineModel, prefix_config: PrefixPolicyConfig, seed: int) -> dict[str, object]:
+def describe(
+    scale: Scale, engine: EngineModel, prefix_config: PrefixPolicyConfig, seeds: list[int]
+) -> dict[str, object]:
     """The run's parameters, for the JSON."""
     return {
-        "seed": seed,
+        "seeds": seeds,
         "scale": asdict(scale),
-        "engine": asdict(engine) | {"kappa": engine.kappa},
+        "engine": asdict(engine),
+        "calibration": [
+            asdict(f) | {"ar_error": f.ar_error, "dflash_error": f.dflash_error} for f in engine.calibration()
+        ],
         "prefix_config": asdict(prefix_config),
         "shapes": {
             "prefix_tokens": PREFIX_TOKENS,
