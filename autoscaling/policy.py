@@ -12,24 +12,31 @@ Pure arithmetic (no Ray, no I/O, no clock): Serve's controller calls it through
   objective is over capacity whatever its counts say; DFlash's speedup falls as the batch grows, so the
   batch at which a replica misses its per-token objective is not a constant, and this term finds it.
 
+**Which batch is full.** The configured target batch is an upper bound: the batch a replica can run
+within the decode objective is measured (``slo_batch``: running x objective / tpot p90, a safe
+under-estimate), and every count is in units of the smaller of the two. A replica is then full before
+it misses, not after, which matters when the next one is minutes away.
+
 The replicas the load **needs** is the sum of the fills, plus requests queued at the handles (no replica
-yet) in units of a replica's target batch. Serve's own count of ongoing requests is a floor, for replicas
+yet) in units of a replica's batch. Serve's own count of ongoing requests is a floor, for replicas
 that have not reported yet.
 
 **Cold starts.** A replica is minutes away, so scaling up is immediate, to the larger of (a) what the
-load needs, projected ``replica_start_s`` ahead when it surges (Holt-smoothed growth of the requests in
-the system, above a noise band of one target batch per start time, capped at ``max_lookahead_factor``)
-and (b) the *flow*: the arrival rate (completions + growth) over one replica's measured service rate at
-its target batch, plus the handle queue drained within ``queue_drain_s``.
+load needs and (b) the *flow*: the arrival rate (completions + growth of what is in the system) over one
+replica's measured service rate at its batch, the rate projected ``replica_start_s`` ahead while it
+rises (Holt-smoothed, above a noise band of a quarter replica per start time, capped at
+``max_lookahead_factor``), plus the handle queue drained within ``queue_drain_s``. Until a replica has
+measured its service rate, the need itself is projected ahead from the growth of the requests in the
+system (above a noise band of one batch per start time). Projecting the arrival rate rather than the
+backlog matters on a ramp: a backlog's growth, projected, asked for a fleet that the rate never needed.
 
 **Scaling down** is slow and has hysteresis: only when the projected load would fit in fewer replicas
 at ``downscale_headroom`` of their target fill, continuously for ``downscale_delay_s`` x the share of
 replicas that stays (at least half: a drained burst does not hold a whole fleet for the full delay);
 never below what the load needs now, nor below the output tokens/s being delivered over what one
 replica delivers at its target batch (learned from replicas running near it: small batches are faster
-per sequence, so their counts understate what fewer, fuller replicas would carry). For
-``replica_start_s`` after a scale-down the growth is not projected: the remaining replicas run bigger,
-slower batches, so the same arrivals hold more requests in flight. The last replica goes
+per sequence, so their counts understate what fewer, fuller replicas would carry), nor below the
+flow, which on a rising ramp includes the rate about to come. The last replica goes
 (``min_replicas`` 0) only after ``scale_to_zero_idle_s`` with nothing in flight or queued.
 """
 
@@ -149,6 +156,8 @@ class PolicyState:
     at_s: float | None = None  # time of the last tick
     demand: float = 0.0  # smoothed level of the requests in flight or queued
     growth_per_s: float = 0.0  # smoothed d(demand)/dt
+    arrivals_per_s: float = 0.0  # smoothed arrival rate (completions + growth of what is in the system)
+    arrival_growth_per_s2: float = 0.0  # smoothed d(arrivals_per_s)/dt
     capacity_tps: float | None = None  # output tokens/s a replica delivers at its target batch, per unit of
     # acceptance length (learned; at a fixed batch a step costs the same whatever is accepted)
     low_since_s: float | None = None  # since when fewer replicas would do
@@ -183,6 +192,9 @@ LATENCY_FILL_CAP = 2.0
 MIN_DELAY_SHARE = 0.5  # of downscale_delay_s, however large the excess (downscale_delay)
 FULL_ENOUGH = 0.75  # share of the target batch at which a replica's tokens/s measures its capacity
 CAPACITY_ALPHA = 0.1  # weight of each new capacity measurement
+# Growth of the arrival rate below this share of one replica's service rate per replica start is noise
+# (a steady Poisson rate's smoothed slope wanders); a ramp is above it (flow_needed).
+RATE_NOISE_REPLICAS = 0.25
 
 
 def replica_fill(s: ReplicaSignals, p: PolicyParams) -> tuple[float, str]:
@@ -190,13 +202,17 @@ def replica_fill(s: ReplicaSignals, p: PolicyParams) -> tuple[float, str]:
     terms = {
         "sequences": (s.running + s.waiting) / p.target_batch,
         "kv": s.kv_cache_usage / p.slo.kv_cache_target,
-        "ttft": min(LATENCY_FILL_CAP, (s.ttft_p90_s or 0.0) / p.slo.ttft_p90_s),
-        "tpot": min(LATENCY_FILL_CAP, (s.tpot_p90_s or 0.0) / p.slo.tpot_p90_s),
     }
-    if s.running + s.waiting <= 0:
-        terms["ttft"] = terms["tpot"] = 0.0  # stale latency of an idle replica says nothing about its load
-    signal = max(terms, key=lambda k: terms[k])
-    return terms[signal], signal
+    if s.running + s.waiting > 0:  # stale latency of an idle replica says nothing about its load
+        # Latency first: a batch sized to the decode objective (slo_batch) ties its sequences term with the
+        # latency that sized it, and the latency is what the operator should read as the reason.
+        terms = {
+            "tpot": min(LATENCY_FILL_CAP, (s.tpot_p90_s or 0.0) / p.slo.tpot_p90_s),
+            "ttft": min(LATENCY_FILL_CAP, (s.ttft_p90_s or 0.0) / p.slo.ttft_p90_s),
+        } | terms
+    top = max(terms.values())
+    signal = next(k for k, v in terms.items() if v >= top - _EPS)  # ties (to rounding) go to the first
+    return top, signal
 
 
 def load_needed(
@@ -217,7 +233,7 @@ def load_needed(
     queue = queued / p.target_batch
     weights["queue"] = weights.get("queue", 0.0) + queue
     floor = ongoing / p.target_batch
-    if floor > fills + queue:
+    if floor > fills + queue + _EPS:
         return floor, "sequences"
     if fills + queue <= 0:
         return 0.0, "none"
@@ -237,20 +253,37 @@ def service_rate(replicas: Sequence[ReplicaSignals], p: PolicyParams) -> float |
     return sum(s.finished_per_s for s in busy) / running * p.target_batch
 
 
-def _track(state: PolicyState, demand: float, now: float, p: PolicyParams) -> PolicyState:
-    """Fold this tick's demand into its smoothed level and growth rate (Holt's linear smoothing).
+def _holt(level: float, slope: float, value: float, dt: float, half_life_s: float) -> tuple[float, float]:
+    """One step of Holt's linear smoothing: the new level and slope after ``value`` arrived ``dt`` later."""
+    alpha = 1.0 - 0.5 ** (dt / half_life_s)
+    expected = level + slope * dt
+    new_level = expected + alpha * (value - expected)
+    return new_level, slope + alpha * ((new_level - level) / dt - slope)
+
+
+def _track(state: PolicyState, demand: float, completions_per_s: float, now: float, p: PolicyParams) -> PolicyState:
+    """Fold this tick's demand and arrival rate into their smoothed levels and growth rates (Holt).
 
     The growth is the slope of the smoothed level, not of the raw counts: Poisson noise of a few
-    requests between metric pushes would otherwise read as a trend and add replicas for nothing.
+    requests between metric pushes would otherwise read as a trend and add replicas for nothing. The
+    arrival rate is the completions plus the growth of what is in the system (conservation).
     """
     if state.at_s is None or now <= state.at_s:
-        return replace(state, at_s=now, demand=demand if state.at_s is None else state.demand)
-    dt = now - state.at_s
-    alpha = 1.0 - 0.5 ** (dt / p.slo.trend_half_life_s)
-    expected = state.demand + state.growth_per_s * dt
-    level = expected + alpha * (demand - expected)
-    growth = state.growth_per_s + alpha * ((level - state.demand) / dt - state.growth_per_s)
-    return replace(state, at_s=now, demand=level, growth_per_s=growth)
+        if state.at_s is not None:
+            return replace(state, at_s=now)
+        return replace(state, at_s=now, demand=demand, arrivals_per_s=completions_per_s)
+    dt, half_life = now - state.at_s, p.slo.trend_half_life_s
+    level, growth = _holt(state.demand, state.growth_per_s, demand, dt, half_life)
+    rate = max(0.0, completions_per_s + growth)
+    rate_level, rate_growth = _holt(state.arrivals_per_s, state.arrival_growth_per_s2, rate, dt, half_life)
+    return replace(
+        state,
+        at_s=now,
+        demand=level,
+        growth_per_s=growth,
+        arrivals_per_s=max(0.0, rate_level),
+        arrival_growth_per_s2=rate_growth,
+    )
 
 
 def project(needed: float, demand: float, growth_per_s: float, p: PolicyParams) -> float:
@@ -267,18 +300,28 @@ def project(needed: float, demand: float, growth_per_s: float, p: PolicyParams) 
 
 
 def flow_needed(
-    replicas: Sequence[ReplicaSignals], queued: float, growth_per_s: float, p: PolicyParams
+    replicas: Sequence[ReplicaSignals],
+    queued: float,
+    growth_per_s: float,
+    p: PolicyParams,
+    arrival_growth_per_s2: float = 0.0,
 ) -> float | None:
     """Replicas that serve the arrival rate at their target batch and drain the handle queue in ``queue_drain_s``.
 
     Arrivals = completions + growth of what is in the system (conservation), so a rising queue asks for
     the replicas its arrival rate needs, not for one replica per target batch of backlog: a backlog
-    that built up while replicas were starting is gone by the time more would be up.
+    that built up while replicas were starting is gone by the time more would be up. A rising arrival
+    rate (``arrival_growth_per_s2``, above the noise band) is provisioned for ``replica_start_s`` ahead,
+    up to ``max_lookahead_factor``: on a ramp, the replica asked for now serves the rate of when it is up,
+    and the replicas serving now must not be removed for a rate that is about to return.
     """
     mu = service_rate(replicas, p)
     if mu is None:
         return None
     arrivals = sum(s.finished_per_s for s in replicas) + max(0.0, growth_per_s)
+    start = p.slo.replica_start_s
+    if start > 0 and arrival_growth_per_s2 > RATE_NOISE_REPLICAS * mu / start:
+        arrivals = min(p.slo.max_lookahead_factor * arrivals, arrivals + arrival_growth_per_s2 * start)
     return arrivals / mu + queued / (mu * p.slo.queue_drain_s)
 
 
@@ -332,6 +375,29 @@ def downscale_delay(keep: int, target: int, p: PolicyParams) -> float:
     return p.downscale_delay_s * min(1.0, max(MIN_DELAY_SHARE, keep / max(1, target)))
 
 
+MIN_SLO_BATCH_SAMPLE = 4  # sequences a replica must run for its decode latency to size the batch
+
+
+def slo_batch(replicas: Sequence[ReplicaSignals], p: PolicyParams) -> float:
+    """The batch a replica can run within the decode-latency objective: at most the configured target.
+
+    Time per output token grows with the batch, less than in proportion (a step has a fixed cost), so
+    ``running x objective / tpot_p90`` under-estimates the batch that meets it: safe while the batch is
+    small, exact as it nears the objective. Averaged over the replicas that run enough sequences to
+    measure, weighted by what they run. Without it, a replica is counted full only at the target batch,
+    and the latency term sees it miss only once it has: with replicas minutes away, too late.
+    """
+    measured = [
+        (s.running, s.running * p.slo.tpot_p90_s / s.tpot_p90_s)
+        for s in replicas
+        if s.tpot_p90_s and s.running >= MIN_SLO_BATCH_SAMPLE
+    ]
+    if not measured:
+        return p.target_batch
+    estimate = sum(w * b for w, b in measured) / sum(w for w, _ in measured)
+    return max(1.0, min(p.target_batch, estimate))
+
+
 def _clamp(n: int, p: PolicyParams) -> int:
     return max(p.min_replicas, min(p.max_replicas, n))
 
@@ -351,18 +417,20 @@ def decide(
     ``replicas``: one entry per running replica; ``target``: the count Serve currently aims for (replicas
     starting included); ``now``: seconds on any monotonic clock, the same one every tick.
     """
-    p = params
+    # Every count below is in units of a batch a replica can run within the objective.
+    p = replace(params, target_batch=slo_batch(replicas, params))
     needed, signal = load_needed(replicas, queued, ongoing, p)
     demand = max(ongoing, queued + sum(s.running + s.waiting for s in replicas))
-    state = _track(state, demand, now, p)
+    state = _track(state, demand, sum(s.finished_per_s for s in replicas), now, p)
     # After a scale-down the remaining replicas run larger, slower batches, so the same arrivals hold
     # more requests in flight for a while: that growth is our own doing, not a surge.
     settling = state.down_at_s is not None and now - state.down_at_s < p.slo.replica_start_s
     state = learn_capacity(replicas, state, p)
-    projected = needed if settling else project(needed, demand, state.growth_per_s, p)
-    flow = flow_needed(replicas, queued, state.growth_per_s, p)
+    flow = flow_needed(replicas, queued, state.growth_per_s, p, state.arrival_growth_per_s2)
     if flow is not None:
-        projected = max(projected, flow)
+        projected = max(needed, flow)
+    else:
+        projected = needed if settling else project(needed, demand, state.growth_per_s, p)
     # Idle is counted only while a replica is up to take a request: replicas still starting (at deploy
     # or from zero) have served nothing yet, and no request could have arrived at them.
     idle = demand <= 0 and len(replicas) > 0

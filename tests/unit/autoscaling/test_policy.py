@@ -23,6 +23,7 @@ from autoscaling.policy import (
     replica_fill,
     service_rate,
     signals_from_report,
+    slo_batch,
     token_needed,
 )
 
@@ -121,6 +122,33 @@ def test_a_backlog_counts_in_full_and_the_flow_on_top():
     state = replace(IDLE, at_s=-1.0, demand=184.0, growth_per_s=18.0)
     d = _tick(replicas, target=1, now=0.0, queued=120, ongoing=184, state=state)
     assert d.projected >= 24 / 6 + 120 / (6 * P.slo.queue_drain_s)
+
+
+def test_a_rising_arrival_rate_is_provisioned_a_replica_start_ahead():
+    replicas = [_busy(24, finished_per_s=4.0)]  # 8 req/s per replica at the target batch
+    steady = flow_needed(replicas, queued=0, growth_per_s=0.0, p=P)
+    assert steady == pytest.approx(0.5)
+    band = 0.25 * 8.0 / P.slo.replica_start_s  # a quarter replica per start: the rate's wander
+    assert flow_needed(replicas, 0, 0.0, P, arrival_growth_per_s2=band) == pytest.approx(steady)
+    # 0.01 req/s per second for 240 s: 2.4 req/s more by the time a replica asked for now is up.
+    assert flow_needed(replicas, 0, 0.0, P, arrival_growth_per_s2=0.01) == pytest.approx((4 + 2.4) / 8)
+    assert flow_needed(replicas, 0, 0.0, P, arrival_growth_per_s2=1.0) == pytest.approx(1.0)  # lookahead cap
+
+
+def test_a_replica_near_its_decode_objective_sizes_the_batch():
+    assert slo_batch([_busy(30, tpot_p90_s=0.01)], P) == 48  # far under the objective: the configured target
+    assert slo_batch([_busy(30, tpot_p90_s=0.05)], P) == pytest.approx(30)  # at it: what it runs
+    assert slo_batch([_busy(20, tpot_p90_s=0.1)], P) == pytest.approx(10)  # over it: fewer
+    assert slo_batch([_busy(2, tpot_p90_s=0.5)], P) == 48  # too few sequences to measure
+    # Weighted by what each replica runs: (30 x 30 + 10 x 5) / 40.
+    both = [_busy(30, tpot_p90_s=0.05), _busy(10, tpot_p90_s=0.1)]
+    assert slo_batch(both, P) == pytest.approx((30 * 30 + 10 * 5) / 40)
+
+
+def test_a_replica_over_its_decode_objective_is_full_below_the_target_batch():
+    # 30 sequences, 20% over the per-token objective: full at 25, so 1.2 replicas' worth, and one more asked.
+    d = _tick([_busy(30, tpot_p90_s=0.06)], target=1, now=0.0)
+    assert d.needed == pytest.approx(1.2) and d.replicas == 2 and d.reason == "up:tpot"
 
 
 def test_signals_from_report_maps_the_engine_report():
