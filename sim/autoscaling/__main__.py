@@ -42,9 +42,11 @@ from sim.autoscaling.arms import (
 from sim.autoscaling.cluster import AutoscaledCluster, ClusterConfig, RunResult
 from sim.autoscaling.traces import Trace, bursty, diurnal
 from sim.production import production_app
-from sim.results import results_dir
+from sim.results import REPO, results_dir
 from sim.routing.metrics import percentile
+from tools.doc_markers import replace_between
 
+DOC = REPO / "docs" / "autoscaling.md"  # its tables are this run's, between markers
 GOAL_HOURS_RATIO = 0.8  # >= 20% fewer replica-hours than the best-tuned default ...
 # ... at the same or better attainment; the simulator's requests are Poisson draws, so "the same" allows
 # this much (a few hundred requests out of tens of thousands).
@@ -186,6 +188,60 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
+def _role(name: str, data: dict[str, Any]) -> str:
+    if name == "slo":
+        return "ours"
+    if name.startswith("static-"):
+        return f"static, sized to {'/'.join(data['static_sizing'][name.removeprefix('static-')])}"
+    roles = (["shipped"] if name in SHIPPED else []) + (["best-tuned"] if name == data["best_tuned"] else [])
+    return ", ".join(roles)
+
+
+def _span(stat: dict[str, Any], fmt: str, scale: float = 1.0, unit: str = "") -> str:
+    return f"{stat['mean'] * scale:{fmt}}{unit} ({stat['min'] * scale:{fmt}}-{stat['max'] * scale:{fmt}})"
+
+
+HELD_OUT_HEADER = (
+    "| arm | role | SLO attainment | replica-hours | TTFT p90 | peak replicas | cut at downscale | Pareto front |"
+)
+
+
+def tables_markdown(results: dict[str, Any]) -> str:
+    """docs/autoscaling.md's tables, per trace: the tuning grid, then every arm on the held-out seeds."""
+    seeds = results["seeds"]
+    out = []
+    for name, data in results["traces"].items():
+        requests = ", ".join(f"{n:,}" for n in data["held_out"]["slo"]["requests"])
+        held = ", ".join(str(s) for s in seeds["held_out"])
+        out += [f"**{name}** ({data['description']}; {requests} requests on seeds {held}):", ""]
+        out += ["Tuning grid, mean over the tuning seeds:", "", "| grid point | SLO attainment | replica-hours |"]
+        out.append("|---|---:|---:|")
+        for point, r in sorted(data["tuning"].items(), key=lambda kv: -kv[1]["slo_attainment"]["mean"]):
+            label = f"`{point}`" + (" (shipped)" if point in SHIPPED else "")
+            label += " **(best-tuned)**" if point == data["best_tuned"] else ""
+            out.append(f"| {label} | {100 * r['slo_attainment']['mean']:.1f}% | {r['replica_hours']['mean']:.2f} |")
+        out += ["", "Held-out seeds, mean (min-max):", ""]
+        out.append(HELD_OUT_HEADER)
+        out.append("|---|---|---:|---:|---:|---:|---:|:-:|")
+        for arm, r in data["held_out"].items():
+            front = "yes" if arm in data["pareto_front"] else "no"
+            out.append(
+                f"| `{arm}` | {_role(arm, data)} | {_span(r['slo_attainment'], '.1f', 100, '%')} | "
+                f"{_span(r['replica_hours'], '.2f')} | {r['ttft_p90_s']['mean']:.1f} s | {r['peak_replicas']} | "
+                f"{r['dropped_at_downscale']} | {front} |"
+            )
+        c = data["comparison"]
+        dominated = ", ".join(f"`{d}`" for d in c["slo_dominated_by"]) or "no arm"
+        out += [
+            "",
+            f"Ours against the best-tuned default (`{c['best_tuned']}`): x{c['hours_ratio']:.2f} the replica-hours, "
+            f"{100 * c['attainment_delta']:+.1f} points of attainment; on the Pareto front: "
+            f"{'yes' if c['slo_on_front'] else 'no'}; dominated by {dominated}.",
+            "",
+        ]
+    return "\n".join(out)
+
+
 def run_arm(trace: Trace, arm: Arm, cluster: ClusterConfig, seed: int, slo: tuple[float, float]) -> dict[str, Any]:
     """One arm on one seed; a static fleet starts with all its replicas warm (it never waits for one)."""
     cfg = dataclasses.replace(cluster, seed=seed, initial_replicas=arm.static_replicas or cluster.initial_replicas)
@@ -302,6 +358,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "autoscaling_sim.json"
     path.write_text(json.dumps(results, indent=1))
+    if args.out == results_dir("autoscaling", False):  # the committed run: its tables go in the doc
+        replace_between(
+            DOC, "<!-- autoscaling:tables:begin -->", "<!-- autoscaling:tables:end -->", tables_markdown(results)
+        )
     for p in [path, *plot(results, args.out)]:
         print(f"wrote {p}")
     print(f"simulated in {results['wall_s']} s")
