@@ -24,10 +24,13 @@ from sim.production import production_model
 from sim.routing.cluster import SimConfig, Simulation
 from sim.routing.engine import EngineModel
 from sim.routing.sweep import POLICY_SPECS, shared_prefix_workload
+from tools.doc_markers import replace_between
 
 logger = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "results"  # committed: docs/benchmarks.md's table is this run's
+DOC = REPO / "docs" / "benchmarks.md"
 GOAL = 0.95
 QUEUE_HEADROOM: float = production_model().replicas.queue_headroom
 
@@ -62,6 +65,29 @@ def run(sizes: list[int], per_replica_requests: int, load: float, arms: tuple[st
         for cell in runs.values():
             cell["per_replica_vs_single"] = cell["per_replica_tps"] / base
     return out
+
+
+ARM_TITLES = {
+    "prefix": "`prefix` (`queue_headroom` {h:g}, the default)",
+    "prefix@1.0": "`prefix` with `queue_headroom` 1.0",
+    "pow2": "`pow2` (Ray Serve's default)",
+}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """docs/benchmarks.md's table: per-replica throughput vs one replica's; hit rate / TTFT p90 for ours."""
+    sizes = list(next(iter(results["by_policy"].values())))
+    lines = ["| arm | " + " | ".join(sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for arm, runs in results["by_policy"].items():
+        title = ARM_TITLES.get(arm, f"`{arm}`").format(h=QUEUE_HEADROOM)
+        lines.append(f"| {title} | " + " | ".join(f"{runs[n]['per_replica_vs_single']:.3f}" for n in sizes) + " |")
+        if arm == "prefix":
+            lines.append(
+                "| hit rate / TTFT p90 | "
+                + " | ".join(f"{runs[n]['hit_rate']:.2f} / {runs[n]['ttft_p90_s']:.2f} s" for n in sizes)
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -103,6 +129,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     plot(results, args.out.with_suffix(".png"))
+    if args.out == RESULTS / "scaling":  # the committed run: its table goes in the doc
+        replace_between(DOC, "<!-- scaling:begin -->", "<!-- scaling:end -->", markdown(results))
     print(f"\n{'arm':<12} " + " ".join(f"{n:>7}" for n in sizes))
     for arm, runs in results["by_policy"].items():
         print(f"{arm:<12} " + " ".join(f"{runs[str(n)]['per_replica_vs_single']:>7.3f}" for n in sizes))
