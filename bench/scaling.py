@@ -129,7 +129,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     plot(results, args.out.with_suffix(".png"))
-    if args.out == RESULTS / "scaling":  # the committed run: its table goes in the doc
+    if args.out.resolve() == RESULTS / "scaling":  # the committed run: its table goes in the doc
         replace_between(DOC, "<!-- scaling:begin -->", "<!-- scaling:end -->", markdown(results))
     print(f"\n{'arm':<12} " + " ".join(f"{n:>7}" for n in sizes))
     for arm, runs in results["by_policy"].items():

@@ -358,7 +358,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "autoscaling_sim.json"
     path.write_text(json.dumps(results, indent=1))
-    if args.out == results_dir("autoscaling", False):  # the committed run: its tables go in the doc
+    if args.out.resolve() == results_dir("autoscaling", False):  # the committed run: its tables go in the doc
         replace_between(
             DOC, "<!-- autoscaling:tables:begin -->", "<!-- autoscaling:tables:end -->", tables_markdown(results)
         )
