@@ -26,7 +26,7 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +62,8 @@ FULL = Sizes(
     concurrency=4,
     kv_cache_gib=0.12,
 )
-QUICK = Sizes(
-    groups=12,
-    per_group=3,
-    prefix_words=1400,
-    conversations=4,
-    turns=3,
-    sharegpt_sessions=4,
-    agent_sessions=4,
-    concurrency=4,
-    kv_cache_gib=0.08,
+QUICK = replace(
+    FULL, groups=12, per_group=3, conversations=4, turns=3, sharegpt_sessions=4, agent_sessions=4, kv_cache_gib=0.08
 )
 
 

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from bench.routing_workloads import HELD_OUT_WORKLOADS, TUNING_WORKLOADS, Sizes, sessions, sharegpt_records
+from bench.routing_real import QUICK
+from bench.routing_workloads import HELD_OUT_WORKLOADS, TUNING_WORKLOADS, sessions, sharegpt_records
 from training.gemma4_layout import load_tokenizer
 
-SIZES = Sizes(
-    groups=3,
-    per_group=2,
-    prefix_words=50,
-    conversations=2,
-    turns=3,
-    sharegpt_sessions=6,
-    agent_sessions=6,
-    concurrency=2,
-    kv_cache_gib=0.1,
-)
+SIZES = replace(QUICK, groups=3, prefix_words=50, sharegpt_sessions=6, agent_sessions=6)
 
 
 @pytest.fixture(scope="module")
