@@ -89,14 +89,18 @@ def main() -> None:
     per_seed = [results["seeds"][s]["experiments"] for s in held_out]
     results["held_out_seeds"] = held_out
     results["experiments"] = report.mean_experiments(per_seed)
+    # Each baseline's grid point, picked on the tuning seed; the goals compare against defaults and picks.
+    results["tuned"] = report.tune(results["seeds"][str(seeds[0])]["experiments"], sweep.FAMILIES)
+    baselines = report.compared(results["tuned"])
+    shown = [p for p in sweep.FAMILIES if p == sweep.FAMILIES[p] or p in baselines]  # defaults, and the picks
     cost = results.get("routing_cost")
-    results["goals"] = report.goals_over_seeds([report.goals(e, cost) for e in per_seed])
+    results["goals"] = report.goals_over_seeds([report.goals(e, cost, baselines) for e in per_seed])
     results["wall_s"] = round(time.perf_counter() - started, 1)
 
     print(report.table(results))
     print("\n" + report.goals_table(results["goals"]))
     tables = {
-        "saturation": report.saturation_markdown(results, held_out),
+        "saturation": report.saturation_markdown(results, held_out, shown),
         "goals": report.goals_markdown(results["goals"]),
         "calibration": report.calibration_markdown(results["parameters"]),
     }
@@ -107,7 +111,7 @@ def main() -> None:
         print("\n" + "\n".join(tables.values()))
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
-    written = report.plots(results, args.out)
+    written = report.plots(results, args.out, shown)
     print(f"\nwrote {path} and {', '.join(p.name for p in written)} in {results['wall_s']} s")
 
 

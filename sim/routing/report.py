@@ -99,9 +99,35 @@ def _mean_metric(values: list[Any]) -> Any:
     return statistics.fmean(values)
 
 
-def goals(experiments: dict[str, Any], routing_cost: dict[str, Any] | None) -> list[dict[str, Any]]:
+TUNED_ON = ("load", "hot_prefixes", "multi_turn")  # the experiments a baseline's grid point is picked on
+
+
+def tune(experiments: dict[str, Any], families: dict[str, str]) -> dict[str, str]:
+    """Each baseline family's best grid point on one (the tuning) seed: the lowest geometric mean of TTFT p90
+    over the saturation points of ``TUNED_ON`` (hit rates tie at the reference there; latency is what the
+    knobs move). Families of one member map to it."""
+    out: dict[str, str] = {}
+    for family in dict.fromkeys(families.values()):
+        members = [name for name, f in families.items() if f == family]
+        points = [saturation_point(e, experiments[e])["policies"] for e in TUNED_ON if e in experiments]
+
+        def score(name: str, points: list[dict[str, Any]] = points) -> float:
+            return statistics.fmean(math.log(p[name]["ttft_p90_s"]) for p in points) if points else 0.0
+
+        out[family] = min(members, key=lambda n: (score(n), members.index(n)))
+    return out
+
+
+def compared(tuned: dict[str, str]) -> tuple[str, ...]:
+    """The baselines the goals compare against: each at its shipped default, and its tuned point if another."""
+    return tuple(dict.fromkeys([*BASELINES, *(tuned[b] for b in BASELINES if b in tuned)]))
+
+
+def goals(
+    experiments: dict[str, Any], routing_cost: dict[str, Any] | None, baselines: tuple[str, ...] = BASELINES
+) -> list[dict[str, Any]]:
     """The issue's goals on one seed: per goal the target and, for each of our policies, value and verdict."""
-    per_policy = {p: _goals_for(experiments, routing_cost, p) for p in OURS}
+    per_policy = {p: _goals_for(experiments, routing_cost, p, baselines) for p in OURS}
     return [
         {
             "goal": goal,
@@ -132,7 +158,7 @@ def goals_over_seeds(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any
 
 
 def _goals_for(
-    experiments: dict[str, Any], cost: dict[str, Any] | None, policy: str
+    experiments: dict[str, Any], cost: dict[str, Any] | None, policy: str, baselines: tuple[str, ...]
 ) -> list[tuple[str, str, float, bool]]:
     out: list[tuple[str, str, float, bool]] = []
     for experiment in ("load", "hot_prefixes", "multi_turn"):
@@ -146,7 +172,7 @@ def _goals_for(
         out.append((f"{where}: hit rate / pooled reference", ">= 0.90", ratio, ratio >= 0.9))
         ttft = ours["ttft_p90_s"] / sat["round_robin"]["ttft_p90_s"]
         out.append((f"{where}: TTFT p90 / round robin's", "<= 0.50", ttft, ttft <= 0.5))
-        for base in BASELINES:
+        for base in baselines:
             gap = ours["hit_rate"] - sat[base]["hit_rate"]
             out.append((f"{where}: hit rate - {base}'s", "> 0", gap, gap > 0))
             rel = ours["ttft_p90_s"] / sat[base]["ttft_p90_s"]
@@ -205,10 +231,10 @@ SATURATION_ROWS = (  # (experiment, metric, label, scale): the docs' table of ea
 )
 
 
-def saturation_markdown(results: dict[str, Any], held_out: list[str]) -> str:
+def saturation_markdown(results: dict[str, Any], held_out: list[str], policies: list[str] | None = None) -> str:
     """Each policy at each experiment's saturation point: held-out mean and 95% interval (docs table)."""
     per_seed = [results["seeds"][s]["experiments"] for s in held_out]
-    policies = list(next(iter(per_seed[0].values()))[0]["policies"])
+    policies = policies or list(next(iter(per_seed[0].values()))[0]["policies"])
     lines = [
         "| experiment, point | pooled reference | " + " | ".join(f"`{p}`" for p in policies) + " |",
         "|---|---:|" + "---:|" * len(policies),
@@ -266,7 +292,7 @@ def _cell(values: list[float | None], scale: float) -> str:
     return f"{iv.mean:.{digits}f}{span}"
 
 
-def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+def plots(results: dict[str, Any], out_dir: Path, policies: list[str] | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -284,7 +310,7 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.2))
         xs = [p["x"] for p in pts]
-        for policy in pts[0]["policies"]:
+        for policy in policies or pts[0]["policies"]:
             ys = [p["policies"][policy][metric] for p in pts]
             ax.plot(xs, [math.nan if y is None else y for y in ys], marker="o", label=policy)
         if metric == "hit_rate":
