@@ -132,7 +132,7 @@ def check_messages(messages: Any, max_messages: int) -> None:
         )
     for i, msg in enumerate(messages):
         role = msg.get("role") if isinstance(msg, dict) else None
-        if role not in CHAT_ROLES:
+        if not isinstance(role, str) or role not in CHAT_ROLES:  # a list or dict role is unhashable: a 400 too
             raise ApiError(
                 400,
                 f"Invalid role {role!r} in messages[{i}]; expected one of {sorted(CHAT_ROLES)}.",
@@ -169,7 +169,7 @@ def check_media(messages: list[Any], media: MediaConfig) -> None:
         content = msg.get("content") if isinstance(msg, dict) else None
         for j, part in enumerate(content if isinstance(content, list) else ()):
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind in TEXT_PARTS or not isinstance(part, dict):
+            if not isinstance(part, dict) or (isinstance(kind, str) and kind in TEXT_PARTS):
                 continue
             where = f"messages.{i}.content.{j}"
             if not media.enabled:

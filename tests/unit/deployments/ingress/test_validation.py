@@ -87,6 +87,9 @@ def test_bad_roles_and_empty_messages_are_refused_before_vllm():
     assert _status(lambda: _validated("chat", {"model": "m", "messages": []})) == (400, "invalid_messages")
     wizard = {"model": "m", "messages": [{"role": "wizard", "content": "x"}]}
     assert _status(lambda: _validated("chat", wizard)) == (400, "invalid_role")
+    for role in ([-638, None, {}], {"a": 1}, 3, None):  # the fuzzer's unhashable and non-string roles: no 500
+        odd = {"model": "m", "messages": [{"role": role, "content": "x"}]}
+        assert _status(lambda odd=odd: _validated("chat", odd)) == (400, "invalid_role"), role
 
 
 def test_too_many_messages_is_400():
@@ -249,6 +252,8 @@ def test_media_is_refused_when_off_naming_the_option():
     assert _status(lambda: _validated("chat", audio)) == (400, "media_not_allowed")
     text_parts = {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
     assert _validated("chat", text_parts).messages
+    listed = {"model": "m", "messages": [{"role": "user", "content": [{"type": ["text"], "text": "hi"}]}]}
+    assert _status(lambda: _validated("chat", listed)) == (400, "media_not_allowed")  # an unhashable type: no 500
 
 
 @pytest.mark.parametrize(
