@@ -64,33 +64,34 @@ def _chat(model: str, **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
 
 
-def _slow_body(base_url: str, key: str) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
-    """Headers announce 1,000 bytes, nine arrive, then nothing (slowloris); the answer is read off the socket.
+def slowloris(base_url: str, headers: bytes = b"", timeout_s: float = 120) -> str:
+    """Headers announce 1,000 bytes, nine arrive, then nothing; the raw answer, read until the server stops.
 
-    With a valid key: without one the ingress answers 401 before it reads the body at all.
+    The answer's body may follow its headers in another packet (or in chunks), so one read is not enough.
     """
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + headers
+            + b"Content-Length: 1000\r\n\r\n"
+            + b'{"model":'
+        )
+        raw = sock.recv(65536)
+        sock.settimeout(2)
+        try:
+            while chunk := sock.recv(65536):
+                raw += chunk
+        except TimeoutError:
+            pass
+        return raw.decode(errors="replace")
+
+
+def _slow_body(base_url: str, key: str) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
+    """The slowloris attack with a valid key: without one the ingress answers 401 before it reads the body."""
 
     async def send(_: httpx.AsyncClient) -> httpx.Response:
-        host, port = base_url.removeprefix("http://").split(":")
-
-        def blocking() -> str:
-            with socket.create_connection((host, int(port)), timeout=120) as sock:
-                sock.sendall(
-                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    + f"Authorization: Bearer {key}\r\n".encode()
-                    + b"Content-Length: 1000\r\n\r\n"
-                    + b'{"model":'
-                )
-                raw = sock.recv(65536)
-                sock.settimeout(2)  # the body may follow the headers in another packet (or in chunks)
-                try:
-                    while chunk := sock.recv(65536):
-                        raw += chunk
-                except TimeoutError:
-                    pass
-                return raw.decode(errors="replace")
-
-        raw = await asyncio.to_thread(blocking)
+        raw = await asyncio.to_thread(slowloris, base_url, f"Authorization: Bearer {key}\r\n".encode())
         status = int(raw.split(" ", 2)[1]) if raw.startswith("HTTP/") else 0
         body = raw.partition("\r\n\r\n")[2]
         json_part = body[body.find("{") : body.rfind("}") + 1]  # chunked framing around it, if any

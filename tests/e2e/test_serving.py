@@ -10,7 +10,6 @@ import asyncio
 import http.server
 import json
 import re
-import socket
 import threading
 import time
 
@@ -18,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from bench.attacks import slowloris
 from deployments.ingress.validation import validated_request
 from tests.e2e.served import Served
 from tools.e2e_app import AR_MODEL, DFLASH_MODEL
@@ -363,16 +363,9 @@ def test_openai_client_sees_typed_errors(served: Served):
 
 def test_a_body_that_never_finishes_is_408_and_frees_the_connection(served: Served):
     """Slowloris: headers announce 1,000 bytes, 9 arrive, then nothing; the ingress answers 408 at its deadline."""
-    host, port = served.base_url.removeprefix("http://").split(":")
-    deadline = served.config.ingress.body_read_timeout_s
-    with socket.create_connection((host, int(port)), timeout=deadline + 60) as sock:
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1000\r\n\r\n" + b'{"model":'
-        )
-        answer = sock.recv(65536).decode(errors="replace")
+    answer = slowloris(served.base_url, timeout_s=served.config.ingress.body_read_timeout_s + 60)
     assert answer.startswith("HTTP/1.1 408"), answer[:200]
-    assert "body_timeout" in answer
+    assert "body_timeout" in answer, answer[:500]
 
 
 def test_oversized_body_is_413(served: Served):
