@@ -107,6 +107,20 @@ class ReplicaReport:
         values = {f.name: data.get(f.name) for f in fields(cls) if f.name != "geometry"}
         return cls(geometry=BlockGeometry(block, group, align), **values)  # type: ignore[arg-type]
 
+    @classmethod
+    def from_means(cls, data: Mapping[str, float]) -> ReplicaReport:
+        """The report in Serve's per-field means over its look-back window (what an autoscaling policy gets).
+
+        Serve averages every field, the geometry's too: over a window in which a replica learned its geometry
+        from its first KV events, the mean of two geometries is none (block 32, group 58). The geometry is
+        taken as the default here: nothing that reads means uses it; the routers read whole reports.
+        """
+        g = BlockGeometry.DEFAULT
+        default = dict(
+            zip(cls._GEOMETRY_KEYS, map(float, (g.block_size, g.group_block_size, g.align_tokens)), strict=True)
+        )
+        return cls.from_wire({**data, **default})
+
 
 @dataclass(frozen=True, slots=True)
 class RoutingHint:

@@ -61,7 +61,7 @@ class _Metrics:
 def _report(metrics: dict[str, dict[Any, float]], replica: Any) -> ReplicaReport | None:
     """One replica's report from Serve's per-metric means; None before it has reported anything."""
     record = {name: by_replica[replica] for name, by_replica in metrics.items() if replica in by_replica}
-    return ReplicaReport.from_wire(record) if record else None
+    return ReplicaReport.from_means(record) if record else None
 
 
 class SloPolicy:

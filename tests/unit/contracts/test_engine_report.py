@@ -24,6 +24,22 @@ def test_round_trip_leaves_unmeasured_fields_off_the_wire():
     assert ReplicaReport.from_wire(wire) == report
 
 
+def test_window_means_across_a_geometry_change_still_read_as_a_report():
+    # Serve's mean over a window in which the replica went from 32/32/32 to 32/64/128: no geometry at all.
+    wire = _report().to_wire() | {"group_block_size": 58.0, "cache_align_tokens": 58.0}
+    with pytest.raises(ValueError, match="inconsistent block geometry"):
+        ReplicaReport.from_wire(wire)
+    means = ReplicaReport.from_means(wire)
+    assert (
+        means.geometry == BlockGeometry.DEFAULT
+        and means.tpot_p90_s == 0.02
+        and means.num_waiting == _report().num_waiting
+    )
+    del wire["num_waiting"]
+    with pytest.raises(ReportError, match="num_waiting"):  # the version-skew check still holds
+        ReplicaReport.from_means(wire)
+
+
 @pytest.mark.parametrize("key", ["num_waiting", "kv_cache_usage", "block_size", "finished_requests_per_s"])
 def test_a_missing_required_key_is_named(key: str):
     wire = _report().to_wire()
