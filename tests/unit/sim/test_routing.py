@@ -18,7 +18,7 @@ from sim.routing.baselines import (
 from sim.routing.cluster import SimConfig, Simulation, _events
 from sim.routing.engine import EngineModel, fit_dflash_cost
 from sim.routing.kv_cache import KvCache
-from sim.routing.report import saturation_point
+from sim.routing.report import compared, saturation_point, tune
 from sim.routing.sweep import INDEX_HEADROOM, POLICY_SPECS, shared_prefix_workload
 from sim.routing.workloads import multi_turn, shared_prefix
 from sim.seed_table import SeedCell
@@ -211,3 +211,28 @@ def test_precise_index_follows_the_engines_caches_and_approximate_drifts():
         assert believed(precise, r.replica_id) == r.kv.held()
     approx, _ = _run(workload, "prefix_approx", load=1.2)
     assert any(believed(approx, r.replica_id) - r.kv.held() for r in approx.replicas)
+
+
+def _point(x: float, saturated: bool, ttft: dict[str, float]) -> dict:
+    rr = {"throughput_tps": 50.0 if saturated else 100.0, "offered_tps": 100.0, "ttft_p90_s": 1.0}
+    return {"x": x, "policies": {"round_robin": rr} | {name: {"ttft_p90_s": t} for name, t in ttft.items()}}
+
+
+def test_a_baseline_is_tuned_at_the_saturation_points_and_compared_beside_its_default():
+    families = {"round_robin": "round_robin", "b": "b", "b[k=1]": "b", "b[k=2]": "b"}
+    # b[k=2] is fastest below saturation only; at the saturation points (the second of each sweep) b[k=1] is.
+    before = {"b": 0.5, "b[k=1]": 0.4, "b[k=2]": 0.1}
+    at = {"b": 0.5, "b[k=1]": 0.2, "b[k=2]": 0.3}
+    sweep = [_point(1.0, False, before), _point(2.0, True, at)]
+    experiments = {
+        "load": sweep,
+        "hot_prefixes": sweep,
+        "multi_turn": [_point(1.0, False, before), _point(2.0, False, at)],
+    }
+    tuned = tune(experiments, families)
+    assert tuned == {"round_robin": "round_robin", "b": "b[k=1]"}
+    assert compared({"ray_prefix": "ray_prefix[x=1]", "sglang_cache_aware": "sglang_cache_aware"}) == (
+        "ray_prefix",
+        "sglang_cache_aware",
+        "ray_prefix[x=1]",
+    )
