@@ -33,9 +33,10 @@ backlog matters on a ramp: a backlog's growth, projected, asked for a fleet that
 **Scaling down** is slow and has hysteresis: only when the projected load would fit in fewer replicas
 at ``downscale_headroom`` of their target fill, continuously for ``downscale_delay_s`` x the share of
 replicas that stays (at least half: a drained burst does not hold a whole fleet for the full delay);
-never below what the load needs now, nor below the output tokens/s being delivered over what one
-replica delivers at its target batch (learned from replicas running near it: small batches are faster
-per sequence, so their counts understate what fewer, fuller replicas would carry), nor below the
+never below what the load needs now, nor below the output tokens/s the running sequences need (each
+at most one token per decode objective) over what one replica delivers at its target batch (learned
+from replicas running near it: small batches are faster per sequence, so their counts understate what
+fewer, fuller replicas would carry; speed beyond the objective is headroom, not load), nor below the
 flow, which on a rising ramp includes the rate about to come. The last replica goes
 (``min_replicas`` 0) only after ``scale_to_zero_idle_s`` with nothing in flight or queued.
 """
@@ -353,16 +354,21 @@ def learn_capacity(replicas: Sequence[ReplicaSignals], state: PolicyState, p: Po
     return replace(state, capacity_tps=state.capacity_tps + CAPACITY_ALPHA * (observed - state.capacity_tps))
 
 
-def token_needed(replicas: Sequence[ReplicaSignals], state: PolicyState) -> float:
-    """Replicas the output tokens/s being delivered needs at the learned capacity (0 until learned).
+def token_needed(replicas: Sequence[ReplicaSignals], state: PolicyState, p: PolicyParams) -> float:
+    """Replicas the tokens/s the running sequences need, at the learned capacity (0 until learned).
 
     Guards scale-downs: replicas at small batches are fast per sequence, so their fill understates what
-    fewer, fuller replicas would carry; tokens/s over capacity at the target batch does not. Each
-    replica's tokens count in steps (tokens / acceptance length), what a replica's capacity is made of.
+    fewer, fuller replicas would carry; tokens/s over capacity at the target batch does not. What a
+    replica's sequences *need* is at most one token per ``tpot_p90_s`` each: speed beyond the objective
+    is headroom that fewer, fuller replicas may spend, not load (counting it held two CPU replicas for
+    two streams whose objective one replica met many times over). Each replica counts the smaller of
+    what it delivers and what its window's batch needs, in steps (tokens / acceptance length), what a
+    replica's capacity is made of.
     """
     if not state.capacity_tps:
         return 0.0
-    return sum(s.tokens_per_s / _tau(s) for s in replicas) / state.capacity_tps
+    need = sum(min(s.tokens_per_s, s.window_batch / p.slo.tpot_p90_s) / _tau(s) for s in replicas)
+    return need / state.capacity_tps
 
 
 def downscale_delay(keep: int, target: int, p: PolicyParams) -> float:
@@ -452,7 +458,7 @@ def decide(
     # Fewest replicas that would run at most downscale_headroom of their target fill; at least one while
     # anything is in flight or the deployment has not been idle long enough.
     floor = 0 if idle_since is not None and now - idle_since >= p.slo.scale_to_zero_idle_s - _EPS else 1
-    keep = max(floor, math.ceil(max(projected, token_needed(replicas, state)) / p.slo.downscale_headroom - _EPS))
+    keep = max(floor, math.ceil(max(projected, token_needed(replicas, state, p)) / p.slo.downscale_headroom - _EPS))
     if target < p.min_replicas:
         return done(p.min_replicas, "floor:min_replicas", replace(state, low_since_s=None))
     if keep >= target:

@@ -50,6 +50,9 @@ def _busy(running: float, **kw: float) -> ReplicaSignals:
 
 
 IDLE = PolicyState()
+# An objective of 250 tokens/s a sequence (4 ms): what the 8-sequence replicas below deliver, so all of their
+# tokens are needed ones.
+TIGHT = replace(P, slo=replace(P.slo, tpot_p90_s=0.004))
 
 
 def _tick(replicas, target, now, state=IDLE, queued=0.0, ongoing=None, params=P):
@@ -192,8 +195,17 @@ def test_capacity_is_learned_near_the_target_batch_only():
     state = replace(IDLE, capacity_tps=learned)
     # 16 replicas at small batches deliver 32k tokens/s: 4 replicas' worth at the target batch, not 16 x 8/48.
     many = [_busy(8, tokens_per_s=2000)] * 16
-    assert token_needed(many, state) == pytest.approx(32000 / learned)
-    assert token_needed(many, IDLE) == 0.0
+    assert token_needed(many, state, TIGHT) == pytest.approx(32000 / learned)
+    assert token_needed(many, IDLE, TIGHT) == 0.0
+
+
+def test_speed_beyond_the_objective_is_not_needed():
+    """P's objective is 20 tokens/s a sequence: 8 sequences need 160 of the 2,000 tokens/s they get."""
+    state = replace(IDLE, capacity_tps=8000.0)
+    many = [_busy(8, tokens_per_s=2000)] * 16
+    assert token_needed(many, state, P) == pytest.approx(16 * 8 * 20 / 8000)
+    slow = [_busy(8, tokens_per_s=100)] * 16  # slower than the objective: all of it is needed
+    assert token_needed(slow, state, P) == pytest.approx(1600 / 8000)
 
 
 def test_capacity_divides_the_windows_tokens_by_the_windows_batch():
@@ -208,17 +220,31 @@ def test_capacity_follows_the_acceptance_length():
     # Learned at tau 6; the mix shifts to tau 3: the same tokens/s now take twice the steps.
     state = learn_capacity([_busy(48, tokens_per_s=6000, acceptance_length=6.0)], IDLE, P)
     assert state.capacity_tps == pytest.approx(1000.0)
-    easy = [_busy(8, tokens_per_s=3000, acceptance_length=6.0)] * 4
-    hard = [_busy(8, tokens_per_s=3000, acceptance_length=3.0)] * 4
-    assert token_needed(easy, state) == pytest.approx(2.0)
-    assert token_needed(hard, state) == pytest.approx(4.0)
+    easy = [_busy(8, tokens_per_s=2000, acceptance_length=6.0)] * 4
+    hard = [_busy(8, tokens_per_s=2000, acceptance_length=3.0)] * 4
+    assert token_needed(easy, state, TIGHT) == pytest.approx(4 / 3)
+    assert token_needed(hard, state, TIGHT) == pytest.approx(8 / 3)
 
 
 def test_scale_down_keeps_the_replicas_the_tokens_need():
     state = replace(IDLE, capacity_tps=8000.0)
     many = [_busy(8, tokens_per_s=2000)] * 16  # fills say 16 x 8/48 = 2.7 replicas; tokens say 4
-    out = _steady(many, target=16, start=0.0, seconds=400, state=state)
+    out = _steady(many, target=16, start=0.0, seconds=400, state=state, params=TIGHT)
     assert min(d.replicas for d in out) == math.ceil(32000 / 8000 / P.slo.downscale_headroom)
+
+
+def test_streams_far_faster_than_the_objective_leave_one_replica():
+    """tests/e2e/test_autoscaling.py's quiet phase on CPU replicas: capacity learned in a burst that filled both
+    replicas past their target batch of 4 (slow per sequence), then two streams at 76 tokens/s each against a
+    2 s per-token objective. Their tokens/s is two replicas' worth of that capacity, and none of it is needed."""
+    slo = SloParams(tpot_p90_s=2)
+    cpu = PolicyParams(min_replicas=0, max_replicas=2, target_batch=4, downscale_delay_s=15, slo=slo)
+    state = learn_capacity([_busy(8, tokens_per_s=150, recent_running=8)] * 2, IDLE, cpu)
+    assert state.capacity_tps == pytest.approx(75)
+    quiet = [_busy(1, tokens_per_s=76, finished_per_s=0.45, tpot_p90_s=0.013)] * 2
+    out = _steady(quiet, target=2, start=0.0, seconds=30, state=state, params=cpu)
+    assert out[-1].replicas == 1 and out[-1].reason == "hold"
+    assert any(d.reason == "down:low-load" for d in out)
 
 
 def test_downscale_delay_shrinks_with_the_excess():
