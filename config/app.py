@@ -66,9 +66,11 @@ class AppConfig(Strict):
 
     @model_validator(mode="after")
     def _auth_needs_redis(self) -> AppConfig:
-        if self.redis_url is None and (self.auth.redis_keys or self.auth.rate_limit_per_s is not None):
+        limits = (self.auth.rate_limit_per_s, self.auth.token_budget_per_s)
+        if self.redis_url is None and (self.auth.redis_keys or any(x is not None for x in limits)):
             raise ValueError(
-                "auth.redis_keys and auth.rate_limit_per_s need redis_url (shared by all ingress replicas)"
+                "auth.redis_keys, auth.rate_limit_per_s and auth.token_budget_per_s need redis_url "
+                "(shared by all ingress replicas)"
             )
         return self
 

@@ -36,6 +36,19 @@ class AuthConfig(Strict):
         "replica; needs redis_url). A key's own limit, set with tools.api_keys, overrides it. None: unlimited.",
     )
     rate_limit_burst: int = Field(20, ge=1, description="Requests a key may send at once (the bucket's size).")
+    token_budget_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Tokens per second each key may spend, prompt and output together (a second bucket in Redis "
+        "beside the request bucket; needs redis_url). A request takes its bound up front (prompt bytes + "
+        "prompts x n x max_tokens) and gets back what its usage shows it did not spend. A key's own budget, set "
+        "with tools.api_keys, overrides it. None: unlimited.",
+    )
+    token_budget_burst: int = Field(
+        262_144,
+        ge=1,
+        description="Tokens a key may hold at once (the budget bucket's size): the largest request it can send.",
+    )
     on_redis_error: Literal["open", "closed"] = Field(
         "closed",
         description="When Redis cannot be reached: closed answers 503 for requests that need it (a Redis key, a "

@@ -3,7 +3,8 @@
 * ``dflash:<app>:<model id>:events`` and ``...:snap:<replica>`` — the model's routing stream
   (``deployments/kv_stream.py`` appends the two suffixes to :meth:`RedisKeys.model_stream`);
 * ``dflash:<app>:apikey:<sha256 of the key>`` — an API key's record (``deployments/ingress/api_keys.py``);
-* ``dflash:<app>:ratelimit:<sha256 of the key>`` — its token bucket (``deployments/ingress/rate_limit.py``).
+* ``dflash:<app>:ratelimit:<sha256 of the key>`` — its request bucket, and ``...:tokenbudget:<sha256>`` its
+  token budget (both ``deployments/ingress/rate_limit.py`` buckets).
 
 Apps sharing one Redis never see each other's keys, and ``tools.api_keys`` and the tests find them here.
 """
@@ -32,3 +33,7 @@ class RedisKeys:
     def rate_bucket(self, key_digest: str) -> str:
         """Where a key's token bucket lives (named by digest: the key never reaches Redis)."""
         return f"{self.namespace}:ratelimit:{key_digest}"
+
+    def token_bucket(self, key_digest: str) -> str:
+        """Where a key's token budget lives (prompt and output tokens, not requests)."""
+        return f"{self.namespace}:tokenbudget:{key_digest}"

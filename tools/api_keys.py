@@ -1,6 +1,7 @@
 """Add, revoke and list the API keys an app accepts from Redis (``auth.redis_keys: true``).
 
     python -m tools.api_keys --redis redis://host:6379/0 --app dflash add alice [--rate 5 --burst 10]
+        [--tokens 2000 --token-burst 65536]
     python -m tools.api_keys --redis redis://host:6379/0 --app dflash list
     python -m tools.api_keys --redis redis://host:6379/0 --app dflash revoke alice
 
@@ -21,9 +22,10 @@ from deployments.ingress import api_keys
 from deployments.redis_auth import redis_password
 
 
-def add(client: redis.Redis, app: str, name: str, rate: float | None = None, burst: int | None = None) -> str:
+def add(client: redis.Redis, app: str, name: str, **limits: float | int | None) -> str:
+    """A new key named ``name``, with ``limits`` (:class:`~deployments.ingress.api_keys.KeyRecord`'s)."""
     key = api_keys.generate()
-    record = api_keys.KeyRecord.new(name, rate, burst)
+    record = api_keys.KeyRecord.new(name, **limits)
     client.hset(RedisKeys(app).api_key_prefix + api_keys.digest(key), mapping=record.to_redis())
     return key
 
@@ -42,7 +44,8 @@ def revoke(client: redis.Redis, app: str, name_or_digest: str) -> list[str]:
     """Digests removed: every key with that name, or the key with that digest."""
     gone = [d for d, r in records(client, app).items() if name_or_digest in (d, r.name)]
     for d in gone:
-        client.delete(RedisKeys(app).api_key_prefix + d, RedisKeys(app).rate_bucket(d))
+        keys = RedisKeys(app)
+        client.delete(keys.api_key_prefix + d, keys.rate_bucket(d), keys.token_bucket(d))
     return gone
 
 
@@ -56,13 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     p_add.add_argument("name")
     p_add.add_argument("--rate", type=float, default=None, help="requests/s for this key (default: the app's)")
     p_add.add_argument("--burst", type=int, default=None, help="bucket size for this key")
+    p_add.add_argument("--tokens", type=float, default=None, help="tokens/s this key may spend (default: the app's)")
+    p_add.add_argument("--token-burst", type=int, default=None, help="tokens this key may hold at once")
     p_rev = sub.add_parser("revoke", help="remove keys by name or digest")
     p_rev.add_argument("name_or_digest")
     sub.add_parser("list", help="names, digests and limits (never keys)")
     opts = parser.parse_args(argv)
     client = redis.Redis.from_url(opts.redis, password=redis_password(opts.redis_password_file))
     if opts.command == "add":
-        print(add(client, opts.app, opts.name, opts.rate, opts.burst))
+        limits = {"rate_per_s": opts.rate, "burst": opts.burst, "tokens_per_s": opts.tokens}
+        print(add(client, opts.app, opts.name, **limits, token_burst=opts.token_burst))
     elif opts.command == "revoke":
         gone = revoke(client, opts.app, opts.name_or_digest)
         print(f"revoked {len(gone)} key(s)")
@@ -71,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for d, r in sorted(records(client, opts.app).items(), key=lambda kv: kv[1].created):
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created))
-            print(f"{r.name}\t{d}\t{created}Z\trate={r.rate_per_s or '-'}\tburst={r.burst or '-'}")
+            limits = "\t".join(f"{k}={v if v is not None else '-'}" for k, v in r.limits().items())
+            print(f"{r.name}\t{d}\t{created}Z\t{limits}")
     return 0
 
 

@@ -1,16 +1,19 @@
-"""Who may use the endpoint, and how fast: API key check and per-key rate limit, for the ingress.
+"""Who may use the endpoint, how fast and how much: API key check, per-key rate limit and token budget.
 
 A key is accepted when its SHA-256 digest is in ``auth.api_key_sha256`` (no I/O) or, with
 ``auth.redis_keys``, when Redis holds a record for it (``deployments.ingress.api_keys``; a verified key is
-trusted for ``auth.key_cache_s``). Each accepted key then takes a token from its bucket in Redis
-(``deployments.ingress.rate_limit``) when a rate limit applies to it.
+trusted for ``auth.key_cache_s``). Each accepted key then takes a token from its request bucket in Redis
+(``deployments.ingress.rate_limit``) when a rate limit applies to it. Requests count alike whatever they
+ask for, so a key with a token budget also reserves a validated request's bound in tokens from a
+second bucket (:meth:`Access.reserve`) and gets back what the request did not spend when it ends
+(:meth:`Reservation.settle`).
 
 When Redis cannot be reached, ``auth.on_redis_error`` decides (docs/reliability.md):
 
 * ``closed`` — a request that needs Redis (a Redis key not in the cache, any rate-limited key) is
   answered 503 with ``Retry-After``: nobody gets past a limit that cannot be checked;
-* ``open`` — such a request is admitted without its rate limit, and Redis keys this replica verified
-  before stay accepted; an unknown key is still refused. Availability over strictness.
+* ``open`` — such a request is admitted without its rate limit and token budget, and Redis keys this
+  replica verified before stay accepted; an unknown key is still refused. Availability over strictness.
 
 Keys are never logged: only digests (and only their first 8 hex digits) appear in log lines.
 """
@@ -21,6 +24,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import redis
@@ -43,6 +47,41 @@ T = TypeVar("T")
 
 class RedisCircuitOpen(redis.ConnectionError):
     """Redis was not tried: the breaker is open after consecutive failures."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Whom :meth:`Access.check` let in: a key's digest and its Redis record (None: a static key, or no auth)."""
+
+    key_digest: str | None = None
+    record: api_keys.KeyRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A token budget that applies to one caller: its bucket, refill rate and size."""
+
+    bucket_key: str
+    tokens_per_s: float
+    burst: int
+
+
+class Reservation:
+    """Tokens one request took from its key's budget; :meth:`settle` gives back what it did not spend, once."""
+
+    def __init__(self, access: Access, budget: Budget, reserved: int) -> None:
+        self._access: Access | None = access
+        self._budget = budget
+        self.reserved = reserved
+
+    async def settle(self, spent: int | None) -> None:
+        """``spent``: the request's prompt + completion tokens by its usage; None (unknown): nothing comes back.
+
+        Never raises: a refund Redis did not take is the key's loss, not the response's failure.
+        """
+        access, self._access = self._access, None
+        if access is not None and spent is not None and spent < self.reserved:
+            await access.give_back(self._budget, self.reserved - spent)
 
 
 def bearer_key(authorization: str | None) -> str | None:
@@ -82,24 +121,26 @@ class Access:
             self._bucket = TokenBucket(self._client)
         return self._client, self._bucket
 
-    async def check(self, authorization: str | None) -> None:
+    async def check(self, authorization: str | None) -> Caller:
+        """The caller behind ``authorization``, once its key is valid and its request bucket had a token."""
         if not self._auth.enabled:
-            return
+            return Caller()
         key = bearer_key(authorization)
         if key is None:
             raise _unauthorized()
         key_digest = api_keys.digest(key)
         record = None if key_digest in self._static else await self._redis_record(key_digest)
+        caller = Caller(key_digest, record)
         rate = (record and record.rate_per_s) or self._auth.rate_limit_per_s
         if rate is None:
-            return
+            return caller
         burst = (record and record.burst) or self._auth.rate_limit_burst
         _, bucket = self._redis()
         try:
             wait_s = await self._guarded(lambda: bucket.take(self._keys.rate_bucket(key_digest), rate, burst))
         except redis.RedisError as exc:
             self._redis_unavailable(exc, key_digest)
-            return
+            return caller
         if wait_s is not None:
             raise ApiError(
                 429,
@@ -107,6 +148,60 @@ class Access:
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(wait_s)},
             )
+        return caller
+
+    def budget(self, caller: Caller) -> Budget | None:
+        """The token budget that applies to ``caller``, if any (a key's own, else ``auth.token_budget_per_s``)."""
+        record = caller.record
+        rate = (record and record.tokens_per_s) or self._auth.token_budget_per_s
+        if caller.key_digest is None or rate is None:
+            return None
+        burst = (record and record.token_burst) or self._auth.token_budget_burst
+        return Budget(self._keys.token_bucket(caller.key_digest), rate, burst)
+
+    async def reserve(self, caller: Caller, tokens: int) -> Reservation | None:
+        """Take ``tokens`` (a validated request's bound) from the caller's budget; None: no budget applies, or
+        Redis is unreachable under ``on_redis_error: open``.
+
+        Raises :class:`ApiError` 429 (with ``Retry-After``) while the budget is short, 400 when the request
+        asks for more than the budget can ever hold, 503 when Redis is unreachable under ``closed``.
+        """
+        budget = self.budget(caller)
+        if budget is None:
+            return None
+        if tokens > budget.burst:
+            raise ApiError(
+                400,
+                f"This request may use up to {tokens} tokens (prompt and output), more than this API key's token "
+                f"budget holds ({budget.burst}); lower max_tokens, n or the prompt.",
+                param="max_tokens",
+                code="token_budget_exceeded",
+            )
+        _, bucket = self._redis()
+        try:
+            wait_s = await self._guarded(
+                lambda: bucket.take(budget.bucket_key, budget.tokens_per_s, budget.burst, tokens)
+            )
+        except redis.RedisError as exc:
+            self._redis_unavailable(exc, caller.key_digest or "")
+            return None
+        if wait_s is not None:
+            raise ApiError(
+                429,
+                f"Token budget of {budget.tokens_per_s:g} tokens/s (burst {budget.burst}) exceeded for this API key: "
+                f"this request reserves {tokens}; retry in {wait_s} s.",
+                code="token_budget_exceeded",
+                headers={"Retry-After": str(wait_s)},
+            )
+        return Reservation(self, budget, tokens)
+
+    async def give_back(self, budget: Budget, tokens: int) -> None:
+        """Return unspent ``tokens`` to ``budget``; a refund Redis did not take is the key's loss, not an error."""
+        _, bucket = self._redis()
+        try:
+            await self._guarded(lambda: bucket.give_back(budget.bucket_key, budget.tokens_per_s, budget.burst, tokens))
+        except redis.RedisError as exc:
+            logger.info("token budget refund of %d not taken: %r", tokens, exc)
 
     async def _redis_record(self, key_digest: str) -> api_keys.KeyRecord:
         if not self._auth.redis_keys:

@@ -9,6 +9,10 @@ a slot, waits in a short bounded queue for one, or is refused at once:
                                   -> :class:`Rejected` 503: the model is not overloaded but starting;
 * no slot within ``queue_timeout_s`` -> :class:`Rejected` 503 (``service_unavailable_error``), with ``Retry-After``.
 
+A request counts by the sequences it runs on the engine (``n`` choices of each prompt), up to the whole
+limit: a request with ``n: 8`` is eight concurrent generations, not one, and admitting it as one would let
+a few such requests hold every engine slot. The queue is FIFO by arrival, whatever the weights.
+
 The same queue holds requests while a model scaled to zero starts its first replica: its wait timeout
 is ``AppConfig.ingress.admission.queue_timeout_s``. Pure asyncio: no Ray, no I/O (unit-tested directly).
 Limits are per ingress replica; the front as a whole admits ``num_replicas`` times as much.
@@ -33,64 +37,77 @@ class Rejected(Exception):
 
 
 class Slot:
-    """One admitted request's place; :meth:`release` is idempotent, so every exit path may call it."""
+    """One admitted request's place (``weight`` sequences); :meth:`release` is idempotent, so every exit path
+    may call it."""
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, weight: int = 1) -> None:
         self._gate: Gate | None = gate
+        self.weight = weight
 
     def release(self) -> None:
         if self._gate is not None:
             gate, self._gate = self._gate, None
-            gate._release()
+            gate._release(self.weight)
 
 
 class Gate:
-    """Admission of one model: at most ``max_in_flight`` slots out, at most ``max_queued`` waiting (FIFO)."""
+    """Admission of one model: at most ``max_in_flight`` sequences out, at most ``max_queued`` requests waiting
+    (FIFO)."""
 
     def __init__(self, max_in_flight: int, config: AdmissionConfig) -> None:
         self.max_in_flight = max_in_flight
         self._config = config
         self.in_flight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[None], int]] = deque()
 
     @property
     def queued(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self, starting: bool = False) -> Slot:
-        """A slot now, or after a bounded wait; raises :class:`Rejected` instead of waiting without bound.
+    async def acquire(self, starting: bool = False, weight: int = 1) -> Slot:
+        """A slot of ``weight`` sequences now, or after a bounded wait; raises :class:`Rejected` instead of
+        waiting without bound. A weight above the limit counts as the whole limit (it runs alone).
 
         ``starting``: the model has no running replica yet, so a full queue is a cold start, not overload.
         """
-        if self.in_flight < self.max_in_flight and not self._waiters:
-            self.in_flight += 1
-            return Slot(self)
+        weight = max(1, min(weight, self.max_in_flight))
+        if self.in_flight + weight <= self.max_in_flight and not self._waiters:
+            self.in_flight += weight
+            return Slot(self, weight)
         if self.queued >= self._config.max_queued:
             if starting:
                 raise Rejected(503, "starting", self._config.retry_after_s)
             raise Rejected(429, "queue_full", self._config.retry_after_s)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        entry = (waiter, weight)
+        self._waiters.append(entry)
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout=self._config.queue_timeout_s)
         except TimeoutError:
             if not waiter.done():
-                self._waiters.remove(waiter)
+                self._waiters.remove(entry)
+                self._admit_waiters()  # a heavy request leaving the head may let lighter ones behind it in
                 raise Rejected(503, "queue_timeout", self._config.retry_after_s) from None
         except asyncio.CancelledError:
-            # The client left while waiting. A slot handed over in the same instant goes to the next in line.
+            # The client left while waiting. A place handed over in the same instant goes to the next in line.
             if waiter.done():
-                self._release()
+                self._release(weight)
             else:
-                self._waiters.remove(waiter)
+                self._waiters.remove(entry)
+                self._admit_waiters()
             raise
-        return Slot(self)  # the releasing request handed its slot over: in_flight already counts us
+        return Slot(self, weight)  # _admit_waiters counted us in
 
-    def _release(self) -> None:
-        if self._waiters:
-            self._waiters.popleft().set_result(None)  # the slot passes straight to the next in line
-        else:
-            self.in_flight -= 1
+    def _release(self, weight: int) -> None:
+        self.in_flight -= weight
+        self._admit_waiters()
+
+    def _admit_waiters(self) -> None:
+        """Admit waiting requests in arrival order while the next one fits (it never waits behind a later one)."""
+        while self._waiters and self.in_flight + self._waiters[0][1] <= self.max_in_flight:
+            waiter, weight = self._waiters.popleft()
+            self.in_flight += weight
+            waiter.set_result(None)
 
 
 class Admission:

@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from config import AppConfig
-from deployments.ingress.access import Access
+from deployments.ingress.access import Access, Caller
 from deployments.ingress.admission import Admission, Rejected, Slot
 from deployments.ingress.admission_errors import rejection_error
 from deployments.ingress.dispatch import Dispatcher, RequestContext
@@ -45,6 +45,8 @@ from deployments.ingress.validation import (
     read_json_body,
     request_id,
     requested_model,
+    sequences,
+    token_bound,
     unknown_model,
     validated_request,
 )
@@ -203,15 +205,15 @@ class Ingress:
         if not self._config.ingress.openapi_docs:
             raise ApiError(404, "Not Found", code="not_found")
 
-    async def _authorize(self, request: Request) -> None:
-        await self._access.check(request.headers.get("authorization"))
+    async def _authorize(self, request: Request) -> Caller:
+        return await self._access.check(request.headers.get("authorization"))
 
     async def _generate(self, request: Request, kind: str) -> Response:
         start = time.perf_counter()
         endpoint = ENDPOINTS[kind]
         model_label = "unknown"
         try:
-            await self._authorize(request)
+            caller = await self._authorize(request)
             body = await read_json_body(
                 request, self._config.ingress.max_body_bytes, self._config.ingress.body_read_timeout_s
             )
@@ -219,20 +221,22 @@ class Ingress:
             if model_id not in self._engines:
                 raise unknown_model(model_id, self._models)
             model_label = model_id
+            max_model_len = self._models[model_id].engine.max_model_len
             req = validated_request(
                 kind,
                 body,
                 max_messages=self._config.ingress.max_messages,
                 template_inputs=self._template_inputs[model_id],
                 limits=self._config.ingress.limits,
-                max_model_len=self._models[model_id].engine.max_model_len,
+                max_model_len=max_model_len,
                 media=self._config.ingress.media,
             )
             req.request_id = request_id(request.headers.get("x-request-id"))
-            slot = await self._admit(model_id)
-            ctx = RequestContext(kind=kind, model_id=model_id, request_id=req.request_id, start=start, slot=slot)
+            slot = await self._admit(model_id, sequences(req))
             response: Response | None = None
             try:
+                reservation = await self._access.reserve(caller, token_bound(body, req, max_model_len))
+                ctx = RequestContext(kind, model_id, req.request_id, start, slot, reservation)
                 rendered = await self._render(kind, req, model_id)
                 session_id = request.headers.get("x-session-id")
                 hint = routing_hint(kind, req, self._models[model_id], rendered, session_id)
@@ -265,9 +269,10 @@ class Ingress:
             logger.info("request %s: prompt not rendered within the render timeout; routed cold", req.request_id)
             return None
 
-    async def _admit(self, model_id: str) -> Slot:
+    async def _admit(self, model_id: str, weight: int) -> Slot:
         try:
-            return await self._admission.gate(model_id).acquire(starting=running_replicas(model_id) == 0)
+            gate = self._admission.gate(model_id)
+            return await gate.acquire(starting=running_replicas(model_id) == 0, weight=weight)
         except Rejected as rej:
             self._metrics.rejected.labels(model_id, rej.reason).inc()
             raise rejection_error(model_id, rej) from None

@@ -6,6 +6,11 @@ so a replica that died is retried on another (with backoff, within the request t
 a streamed answer is relayed chunk by chunk the moment each arrives, and a replica lost mid-stream
 ends the stream with an error event instead of a hung connection. Everything per request that this
 needs travels in one :class:`RequestContext`.
+
+A request that reserved tokens from its key's budget is settled here, once its usage is known: a JSON
+answer's ``usage``, a stream's final usage chunk (asked of the engine when the client did not ask for
+it, and then not relayed). An answer that failed on our side gives the whole reservation back; a
+client that left mid-stream gets nothing back (its usage never came).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from config import IngressConfig
 from contracts.engine_report import RoutingHint
+from deployments.ingress.access import Reservation
 from deployments.ingress.admission import Slot
 from deployments.ingress.errors import ApiError, error_body
 from deployments.ingress.ingress_metrics import IngressMetrics
@@ -43,11 +49,43 @@ class RequestContext:
     request_id: str
     start: float  # arrival at the ingress, on time.perf_counter()
     slot: Slot  # released once the answer is complete (a stream's when it ends)
+    reservation: Reservation | None = None  # tokens taken from the key's budget, settled when it ends
 
     @property
     def endpoint(self) -> str:
         """The route it came in on, as the metrics label it."""
         return ENDPOINTS[self.kind]
+
+
+def spent_tokens(usage: Any) -> int | None:
+    """Prompt + completion tokens of an OpenAI ``usage`` object; None where there is none."""
+    if not isinstance(usage, dict):
+        return None
+    return int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
+
+
+def final_usage(chunk: str) -> Any:
+    """The usage in vLLM's last stream chunk (no choices, a usage), else None: one parse per stream."""
+    if '"choices":[]' not in chunk or '"usage"' not in chunk:
+        return None
+    try:
+        return json.loads(chunk.removeprefix("data: ")).get("usage")
+    except ValueError:
+        return None
+
+
+def ask_for_usage(req: Any) -> bool:
+    """Have a streamed ``req`` end with its usage chunk; True when the client had not asked for one (the
+    relay then drops it, so the client sees the stream it asked for)."""
+    if not getattr(req, "stream", False):
+        return False
+    options = req.stream_options
+    if options is not None and options.include_usage:
+        return False
+    from vllm.entrypoints.generate.base.protocol import StreamOptions
+
+    req.stream_options = StreamOptions(include_usage=True, continuous_usage_stats=False)
+    return True
 
 
 def replica_died(exc: BaseException) -> bool:
@@ -70,17 +108,24 @@ class Dispatcher:
 
     async def dispatch(self, ctx: RequestContext, req: Any, hint: RoutingHint) -> Response:
         """The HTTP response to ``req``: the engine's JSON, or a stream relaying its events."""
-        gen, (reply_kind, status, payload) = await self._first_reply(ctx, req, hint)
+        drop_usage = ctx.reservation is not None and ask_for_usage(req)
+        try:
+            gen, (reply_kind, status, payload) = await self._first_reply(ctx, req, hint)
+        except ApiError:
+            await _settle(ctx, 0)  # no answer: nothing was spent for the client
+            raise
         if reply_kind == "error":  # vLLM's error, re-shaped so that every error has the same types
+            await _settle(ctx, 0)
             err = payload.get("error", {})
             raise ApiError(status, str(err.get("message", "The request failed.")), param=err.get("param"))
         # A non-streamed answer's first byte is its whole body: observed too, so the dashboard's
         # time-to-first-byte covers every successful request, streamed or not.
         self._metrics.ttft.labels(ctx.model_id, ctx.endpoint).observe(time.perf_counter() - ctx.start)
         if reply_kind == "json":
+            await _settle(ctx, spent_tokens(payload.get("usage")))
             return JSONResponse(payload, status_code=status)
         return StreamingResponse(
-            self._relay(payload, gen, ctx),
+            self._relay(payload, gen, ctx, drop_usage),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -125,12 +170,22 @@ class Dispatcher:
                     headers={"Retry-After": "1"},
                 ) from exc
 
-    async def _relay(self, first: str, gen: DeploymentResponseGenerator, ctx: RequestContext) -> AsyncIterator[str]:
-        """Forward SSE chunks as they come; a replica lost mid-stream ends the stream cleanly."""
-        status = 200
+    async def _relay(
+        self, first: str, gen: DeploymentResponseGenerator, ctx: RequestContext, drop_usage: bool
+    ) -> AsyncIterator[str]:
+        """Forward SSE chunks as they come; a replica lost mid-stream ends the stream cleanly.
+
+        A metered request's final usage chunk settles its reservation (and is not relayed when only the
+        ingress asked for it). The first chunk is never that one: it carries the first choice's delta.
+        """
+        status, metered, usage = 200, ctx.reservation is not None, None
         try:
             yield first
             async for _, _, chunk in gen:
+                if metered and (found := final_usage(chunk)) is not None:
+                    usage = found
+                    if drop_usage:
+                        continue
                 yield chunk
         except Exception as exc:  # noqa: BLE001 - the replica died under a running stream
             status = 503
@@ -144,3 +199,10 @@ class Dispatcher:
             gen.cancel()  # no-op when finished; aborts the engine request when the client left
             ctx.slot.release()
             self._metrics.observe(ctx.model_id, ctx.endpoint, status, ctx.start)
+            if metered and (status != 200 or usage is not None):  # a client that left gets nothing back
+                await _settle(ctx, 0 if status != 200 else spent_tokens(usage))
+
+
+async def _settle(ctx: RequestContext, spent: int | None) -> None:
+    if ctx.reservation is not None:
+        await ctx.reservation.settle(spent)

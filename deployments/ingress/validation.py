@@ -255,6 +255,51 @@ def prompt_count(prompt: Any) -> int:
     return 1
 
 
+def sequences(req: Any) -> int:
+    """The sequences ``req`` runs on the engine at once: prompts x n."""
+    return prompt_count(getattr(req, "prompt", None)) * (req.n or 1)
+
+
+def output_tokens(req: Any, max_model_len: int) -> int:
+    """The most tokens ``req`` may generate: prompts x n x max_tokens (a missing max_tokens is a whole context)."""
+    max_tokens = getattr(req, "max_completion_tokens", None) or getattr(req, "max_tokens", None) or max_model_len
+    return sequences(req) * max_tokens
+
+
+# Template tokens a chat message may add around its text (Gemma-4: a turn's start and end markers, its role).
+MESSAGE_TEMPLATE_TOKENS = 8
+
+
+def _text_bytes(value: Any) -> int:
+    """UTF-8 bytes of the strings in ``value`` plus one per token id, media parts left out (their tokens are
+    the encoder's, counted by the engine's usage, not by their URL's length)."""
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return 1  # a token id
+    if isinstance(value, dict):
+        if _media_url(value) is not None:
+            return 0
+        return sum(_text_bytes(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_text_bytes(v) for v in value)
+    return 0
+
+
+def token_bound(body: dict[str, Any], req: Any, max_model_len: int) -> int:
+    """An upper bound on the tokens ``req`` (parsed from ``body``) spends: its prompt's text in bytes (a token
+    covers at least one byte) plus the template's tokens per message, and :func:`output_tokens`.
+
+    What a key's token budget reserves up front; the engine's usage settles it when the request ends.
+    """
+    messages = body.get("messages") or []
+    prompt = _text_bytes(messages) + MESSAGE_TEMPLATE_TOKENS * (len(messages) + 1)
+    prompt += _text_bytes(body.get("tools")) + _text_bytes(body.get("prompt"))
+    return prompt + output_tokens(req, max_model_len)
+
+
 def check_cost(req: Any, limits: RequestLimits, max_model_len: int) -> None:
     """The request's work against ``limits``: choices, batch size, beam search, and its output budget."""
     n = req.n or 1
@@ -276,7 +321,7 @@ def check_cost(req: Any, limits: RequestLimits, max_model_len: int) -> None:
         )
     max_tokens = getattr(req, "max_completion_tokens", None) or getattr(req, "max_tokens", None) or max_model_len
     budget = max(limits.max_output_tokens, max_model_len)
-    if prompts * n * max_tokens > budget:
+    if output_tokens(req, max_model_len) > budget:
         raise ApiError(
             400,
             f"{prompts} prompt(s) x n={n} x max_tokens={max_tokens} asks for more than the {budget} output tokens "

@@ -25,6 +25,8 @@ import redis
 from bench.chaos_load import LoadGenerator
 from bench.prom import sample_total
 from config import AdmissionConfig, AuthConfig
+from contracts.redis_keys import RedisKeys
+from deployments.ingress import api_keys
 from tests.e2e.served import Served
 from tools import api_keys as cli
 from tools.e2e_app import AR_MODEL, DFLASH_MODEL
@@ -41,8 +43,8 @@ class Front:
     base_url: str
     redis_url: str
 
-    def key(self, name: str, rate: float, burst: int) -> str:
-        return cli.add(redis.Redis.from_url(self.redis_url), FRONT, name, rate, burst)
+    def key(self, name: str, rate: float, burst: int, **limits: float | int) -> str:
+        return cli.add(redis.Redis.from_url(self.redis_url), FRONT, name, rate_per_s=rate, burst=burst, **limits)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +108,46 @@ def test_api_keys_rate_limit_and_no_secret_in_logs(front: Front):
         if p.is_file() and (key.encode() in p.read_bytes() or prompt.encode() in p.read_bytes())
     ]
     assert not hits, hits
+
+
+def test_token_budget_reserves_each_requests_bound_and_gives_back_what_it_did_not_spend(front: Front):
+    """A key's own budget of 1,000 tokens, refilled too slowly to matter here; its bucket is read in Redis."""
+    burst = 1000
+    key = front.key("budget", rate=1000, burst=1000, tokens_per_s=0.001, token_burst=burst)
+    client = redis.Redis.from_url(front.redis_url)
+    bucket = RedisKeys(FRONT).token_bucket(api_keys.digest(key))
+
+    def settles_at(expected: float) -> None:
+        """The bucket holds ``expected`` once the request has settled (a stream settles after its last byte)."""
+        deadline = time.monotonic() + 30
+        while abs(float(client.hget(bucket, "tokens")) - expected) > 0.5:
+            assert time.monotonic() < deadline, (client.hget(bucket, "tokens"), expected)
+            time.sleep(0.2)
+
+    url, headers = front.v1 + "/chat/completions", {"Authorization": f"Bearer {key}"}
+    body = {"model": DFLASH_MODEL, "messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 24}
+    body |= {"temperature": 0, "ignore_eos": True}  # the same usage every time
+    reply = httpx.post(url, json=body, headers=headers, timeout=120)
+    assert reply.status_code == 200, reply.text
+    usage = reply.json()["usage"]
+    spent = usage["prompt_tokens"] + usage["completion_tokens"]
+    settles_at(burst - spent)  # reserved its bound (~60 tokens), got back all but what it spent
+
+    # Streamed without asking for usage: settled by the usage chunk the ingress asked for and did not relay.
+    with httpx.stream("POST", url, json=body | {"stream": True}, headers=headers, timeout=120) as stream:
+        assert stream.status_code == 200
+        events = [line for line in stream.iter_lines() if line]
+    assert events[-1] == "data: [DONE]" and not any('"usage"' in e for e in events), events[-3:]
+    settles_at(burst - 2 * spent)
+
+    # More than the bucket can ever hold is a 400; more than is left now, a 429 that says when to retry.
+    over = _error(httpx.post(url, json=body | {"max_tokens": burst + 1}, headers=headers), 400, "invalid_request_error")
+    assert over["code"] == "token_budget_exceeded"
+    left = burst - 2 * spent
+    short = httpx.post(url, json=body | {"max_tokens": left - 10}, headers=headers, timeout=60)
+    assert _error(short, 429, "rate_limit_error")["code"] == "token_budget_exceeded"
+    assert int(short.headers["retry-after"]) >= 1
+    settles_at(left)  # a refused request takes nothing
 
 
 def test_overload_burst_is_refused_with_429_not_queued_without_bound(front: Front):

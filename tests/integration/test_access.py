@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from config import AuthConfig
-from deployments.ingress.access import Access
+from deployments.ingress.access import Access, Caller
 from deployments.ingress.errors import ApiError
 from tools import api_keys as cli
 from tools.redis_server import RedisServer
@@ -83,14 +83,14 @@ def test_cli_adds_lists_and_revokes_keys_stored_hashed(server: RedisServer, caps
     assert _status(access, "sk-dflash-guess") == 401
     cli.main(["--redis", server.url, "--app", APP, "list"])
     listing = capsys.readouterr().out
-    assert "alice" in listing and key not in listing and "rate=2.0" in listing
+    assert "alice" in listing and key not in listing and "rate_per_s=2.0" in listing
     assert cli.main(["--redis", server.url, "--app", APP, "revoke", "alice"]) == 0
     assert _status(access, key) == 401  # key_cache_s=0: revocation is immediate
     assert cli.main(["--redis", server.url, "--app", APP, "revoke", "alice"]) == 1
 
 
 def test_token_bucket_is_shared_between_replicas_and_says_when_to_retry(server: RedisServer):
-    key = cli.add(redis.Redis.from_url(server.url), APP, "bob", rate=0.5, burst=3)
+    key = cli.add(redis.Redis.from_url(server.url), APP, "bob", rate_per_s=0.5, burst=3)
     auth = AuthConfig(redis_keys=True)
     one, two = _fresh(auth, server.url), _fresh(auth, server.url)
 
@@ -109,6 +109,32 @@ def test_token_bucket_is_shared_between_replicas_and_says_when_to_retry(server: 
     assert _run(burst()) == [200, 200, 200, 429, "2"]
 
 
+def _refusal(call) -> tuple[int, str | None, str | None]:
+    with pytest.raises(ApiError) as err:
+        _run(call)
+    return err.value.status, err.value.code, err.value.headers.get("Retry-After")
+
+
+def test_token_budget_reserves_a_bound_gives_back_the_unspent_and_is_shared(server: RedisServer):
+    """A key's own budget of 100 tokens (refilled at 0.001/s: not within the test), two ingress replicas."""
+    key = cli.add(redis.Redis.from_url(server.url), APP, "erin", tokens_per_s=0.001, token_burst=100)
+    auth = AuthConfig(redis_keys=True, token_budget_per_s=1000)  # the key's own budget overrides the app's
+    one, two = _fresh(auth, server.url), _fresh(auth, server.url)
+    caller = _run(one.check(f"Bearer {key}"))
+    assert one.budget(caller) is not None and one.budget(caller).burst == 100
+    first = _run(one.reserve(caller, 60))
+    status, code, retry = _refusal(two.reserve(caller, 50))  # 40 left, whichever replica asks
+    assert (status, code) == (429, "token_budget_exceeded") and int(retry) >= 1
+    _run(first.settle(20))  # spent 20 of 60: 40 come back, 80 left
+    _run(first.settle(0))  # settled once: nothing more comes back
+    assert _run(two.reserve(caller, 80)) is not None
+    assert _refusal(two.reserve(caller, 1))[:2] == (429, "token_budget_exceeded")
+    assert _refusal(one.reserve(caller, 101))[:2] == (400, "token_budget_exceeded")  # never fits the bucket
+    static = AuthConfig(api_key_sha256=[hashlib.sha256(b"sk-static").hexdigest()])
+    plain = _fresh(static, server.url)
+    assert _run(plain.reserve(_run(plain.check("Bearer sk-static")), 10**9)) is None  # no budget configured
+
+
 def test_default_rate_limit_applies_to_static_keys(server: RedisServer):
     auth = AuthConfig(api_key_sha256=[hashlib.sha256(b"sk-static").hexdigest()], rate_limit_per_s=1, rate_limit_burst=1)
     access = _fresh(auth, server.url)
@@ -124,6 +150,7 @@ def test_redis_outage_follows_the_configured_fail_mode(server: RedisServer, mode
         redis_keys=True,
         key_cache_s=0,
         rate_limit_per_s=100,
+        token_budget_per_s=100,
         on_redis_error=mode,
         redis_breaker_open_s=0.05,
     )
@@ -134,8 +161,9 @@ def test_redis_outage_follows_the_configured_fail_mode(server: RedisServer, mode
     try:
         if mode == "closed":
             assert [_status(access, k) for k in (key, other, static)] == [503, 503, 503]
-        else:  # known keys in without their limit; an unknown key is never let in
+        else:  # known keys in without their limits; an unknown key is never let in
             assert [_status(access, k) for k in (key, other, static)] == [200, 401, 200]
+            assert _run(access.reserve(Caller(hashlib.sha256(key.encode()).hexdigest()), 10)) is None
         assert _status(access, "sk-wrong") == (503 if mode == "closed" else 401)
     finally:
         server.start()

@@ -106,7 +106,8 @@ def test_app_user_can_do_what_the_app_does_under_dflash_and_nothing_else(acl_red
         b"dflash:dflash:m:snap:r1",
     ]
     bucket = app.register_script(TOKEN_BUCKET_LUA)  # EVALSHA, EVAL on a miss
-    assert int(bucket(keys=["dflash:dflash:ratelimit:d"], args=[1.0, 5])[0]) == 1
+    assert int(bucket(keys=["dflash:dflash:ratelimit:d"], args=[1.0, 5, 1])[0]) == 1  # a request
+    assert int(bucket(keys=["dflash:dflash:tokenbudget:d"], args=[1.0, 5, 4])[0]) == 1  # a request's tokens
     assert app.delete("dflash:dflash:apikey:d", "dflash:dflash:m:snap:r1", stream) == 3
     # Nothing outside dflash:, no dangerous command, no script touching other keys.
     with pytest.raises(redis.exceptions.NoPermissionError):
@@ -114,7 +115,7 @@ def test_app_user_can_do_what_the_app_does_under_dflash_and_nothing_else(acl_red
     with pytest.raises(redis.exceptions.NoPermissionError):
         app.get("other:x")
     with pytest.raises(redis.exceptions.NoPermissionError):
-        bucket(keys=["other:bucket"], args=[1.0, 5])
+        bucket(keys=["other:bucket"], args=[1.0, 5, 1])
     for dangerous in (app.flushall, app.flushdb, lambda: app.keys("*"), lambda: app.config_get("*")):
         with pytest.raises(redis.exceptions.NoPermissionError):
             dangerous()

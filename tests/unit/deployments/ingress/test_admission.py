@@ -104,6 +104,47 @@ def test_newcomers_do_not_jump_the_queue():
     asyncio.run(run())
 
 
+def test_a_request_counts_its_sequences_and_the_queue_stays_in_order():
+    """n: 3 is three sequences; a request heavier than the whole limit runs alone, not never."""
+
+    async def run() -> None:
+        gate = _gate(in_flight=4, queued=3)
+        heavy = await gate.acquire(weight=3)
+        assert gate.in_flight == 3
+        second = asyncio.create_task(gate.acquire(weight=2))  # 3 + 2 > 4: waits
+        light = asyncio.create_task(gate.acquire(weight=1))  # would fit, but does not jump the queue
+        huge = asyncio.create_task(gate.acquire(weight=100))
+        await asyncio.sleep(0)
+        assert gate.queued == 3 and not second.done() and not light.done()
+        heavy.release()
+        second_slot, light_slot = await second, await light  # both fit once the heavy one left: 2 + 1 <= 4
+        assert gate.in_flight == 3 and not huge.done()
+        second_slot.release()
+        light_slot.release()
+        alone = await huge
+        assert alone.weight == 4 and gate.in_flight == 4
+        alone.release()
+        assert gate.in_flight == 0 and gate.queued == 0
+
+    asyncio.run(run())
+
+
+def test_a_heavy_waiter_that_leaves_lets_the_ones_behind_it_in():
+    async def run() -> None:
+        gate = _gate(in_flight=2, queued=2, timeout=0.05)
+        held = await gate.acquire()
+        heavy = asyncio.create_task(gate.acquire(weight=2))
+        light = asyncio.create_task(gate.acquire())
+        await asyncio.sleep(0)
+        with pytest.raises(Rejected):
+            await heavy  # timed out at the head of the queue
+        (await light).release()
+        held.release()
+        assert gate.in_flight == 0 and gate.queued == 0
+
+    asyncio.run(run())
+
+
 def test_per_model_limits_and_override():
     derived = Admission({"a": 3, "b": 5}, AdmissionConfig())
     assert (derived.gate("a").max_in_flight, derived.gate("b").max_in_flight) == (3, 5)

@@ -65,7 +65,19 @@ class _Handle:
         return self._gens.pop(0)
 
 
-def _run(handle: _Handle, **ingress: Any) -> tuple[Any, Gate, IngressMetrics]:
+class _Reservation:
+    """A key's token reservation: records what the dispatcher settles it with."""
+
+    def __init__(self) -> None:
+        self.settled: list[int | None] = []
+
+    async def settle(self, spent: int | None) -> None:
+        self.settled.append(spent)
+
+
+def _run(
+    handle: _Handle, req: Any = "req", reservation: _Reservation | None = None, **ingress: Any
+) -> tuple[Any, Gate, IngressMetrics]:
     """Dispatch one completions request through ``handle``: the response (a stream's chunks, or the ApiError),
     the admission gate of its slot, and the metrics."""
     metrics = IngressMetrics()
@@ -74,9 +86,9 @@ def _run(handle: _Handle, **ingress: Any) -> tuple[Any, Gate, IngressMetrics]:
 
     async def run() -> Any:
         slot = await gate.acquire()
-        ctx = RequestContext(kind="completions", model_id="m", request_id="r1", start=time.perf_counter(), slot=slot)
+        ctx = RequestContext("completions", "m", "r1", time.perf_counter(), slot, reservation)  # type: ignore[arg-type]
         try:
-            response = await dispatcher.dispatch(ctx, "req", RoutingHint(token_ids=(1, 2)))
+            response = await dispatcher.dispatch(ctx, req, RoutingHint(token_ids=(1, 2)))
         except ApiError as err:
             return err
         if isinstance(response, StreamingResponse):
@@ -151,3 +163,66 @@ def test_a_replica_lost_mid_stream_ends_the_stream_with_an_error_event():
     labels = {"model": "m", "endpoint": "/v1/completions"}
     assert _sample(metrics, "dflash_serve_requests_total", status="503", **labels) == 1
     assert gate.in_flight == 0
+
+
+USAGE_CHUNK = 'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}\n\n'
+STREAM = (("sse", 200, "data: 1\n\n"), ("sse", 200, USAGE_CHUNK), ("sse", 200, "data: [DONE]\n\n"))
+
+
+def _stream_req(include_usage: bool | None = None) -> SimpleNamespace:
+    options = None if include_usage is None else SimpleNamespace(include_usage=include_usage)
+    return SimpleNamespace(stream=True, stream_options=options)
+
+
+def test_a_json_answer_settles_its_reservation_with_its_usage():
+    reservation = _Reservation()
+    body = BODY | {"usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}
+    _run(_Handle(_Gen(("json", 200, body))), reservation=reservation)
+    assert reservation.settled == [12]
+
+
+def test_no_answer_gives_the_whole_reservation_back():
+    for gen in (_Gen(("error", 400, {"error": {"message": "bad"}})), _Gen(("json", 200, BODY), delay_s=5)):
+        reservation = _Reservation()
+        err, _, _ = _run(_Handle(gen), reservation=reservation, request_timeout_s=0.05)
+        assert isinstance(err, ApiError) and reservation.settled == [0]
+
+
+def test_a_metered_stream_asks_for_its_usage_and_drops_the_chunk_the_client_did_not_ask_for():
+    reservation, req = _Reservation(), _stream_req()
+    chunks, gate, _ = _run(_Handle(_Gen(*STREAM)), req=req, reservation=reservation)
+    assert req.stream_options.include_usage and not req.stream_options.continuous_usage_stats
+    assert chunks == ["data: 1\n\n", "data: [DONE]\n\n"]
+    assert reservation.settled == [7] and gate.in_flight == 0
+
+
+def test_a_stream_whose_client_asked_for_usage_keeps_it_and_settles_with_it():
+    reservation = _Reservation()
+    chunks, _, _ = _run(_Handle(_Gen(*STREAM)), req=_stream_req(include_usage=True), reservation=reservation)
+    assert chunks == ["data: 1\n\n", USAGE_CHUNK, "data: [DONE]\n\n"] and reservation.settled == [7]
+
+
+def test_an_unmetered_stream_is_relayed_untouched():
+    req = _stream_req()
+    chunks, _, _ = _run(_Handle(_Gen(*STREAM)), req=req)
+    assert chunks == [c for _, _, c in STREAM] and req.stream_options is None
+
+
+def test_a_stream_lost_mid_way_gives_the_reservation_back():
+    reservation = _Reservation()
+    _run(_Handle(_Gen(("sse", 200, "data: 1\n\n"), RayActorError())), req=_stream_req(), reservation=reservation)
+    assert reservation.settled == [0]
+
+
+@pytest.mark.parametrize(
+    ("chunk", "usage"),
+    [
+        (USAGE_CHUNK, {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}),
+        ('data: {"choices":[{"index":0,"text":"\\"choices\\":[] \\"usage\\""}]}\n\n', None),  # quoted in text
+        ("data: [DONE]\n\n", None),
+        ('data: {"choices":[],"usage":\n\n', None),  # not JSON
+    ],
+)
+def test_final_usage_reads_only_the_usage_chunk(chunk: str, usage: Any):
+    assert dispatch.final_usage(chunk) == usage
+    assert dispatch.spent_tokens(usage) == (None if usage is None else 7)
