@@ -175,7 +175,9 @@ def test_quiet_scales_down_without_cutting_requests(scaling: Scaling):
     _wait(lambda: scaling.replicas().get("STOPPING", 0) == 0, "the leaving replica to finish")
     assert [o for o in scaling.outcomes if o[2]] == [], "a request failed or was cut during downscale"
     assert any(start < left_at[0] < end for start, end, _ in scaling.outcomes), "no request spanned the downscale"
-    assert scaling.running() == 1
+    # Not back up; possibly already at zero: the idle clock (15 s) starts when the last stream ends, and the leaving
+    # replica's shutdown may take longer than that on a loaded machine (the next test waits for zero).
+    assert scaling.running() <= 1
 
 
 def _routers_see(scaling: Scaling) -> float:
