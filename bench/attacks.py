@@ -168,17 +168,17 @@ def attacks(base_url: str, model: str, key: str, internal_url: str) -> list[Atta
     ]  # fmt: skip
 
 
-async def _bystander(client: httpx.AsyncClient, model: str, key: str) -> float:
-    """An unrelated user's streamed chat: seconds to its first chunk."""
+async def _bystander(client: httpx.AsyncClient, model: str, key: str) -> float | None:
+    """An unrelated user's streamed chat: seconds to its first chunk; None if it got none (an error)."""
     start = time.perf_counter()
     body = _chat(model, stream=True)
     async with client.stream(
         "POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
     ) as r:
         async for line in r.aiter_lines():
-            if line.startswith("data: "):
+            if r.status_code == 200 and line.startswith("data: "):
                 return time.perf_counter() - start
-    return time.perf_counter() - start
+    return None
 
 
 def _code(resp: httpx.Response) -> str | None:

@@ -55,6 +55,12 @@ class AuthConfig(Strict):
         "rate limit); open admits them without their rate limit, accepting Redis keys this replica has already "
         "verified (never an unknown key). Static keys work either way.",
     )
+    fail_open_key_max_age_s: float = Field(
+        600,
+        ge=0,
+        description="With on_redis_error: open, how long after its last check in Redis a key stays accepted "
+        "while Redis is unreachable: the longest a key revoked during an outage keeps working.",
+    )
     redis_breaker_failures: int = Field(
         3, ge=1, description="Consecutive Redis failures after which access control stops trying Redis for a while."
     )

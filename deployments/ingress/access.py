@@ -13,7 +13,9 @@ When Redis cannot be reached, ``auth.on_redis_error`` decides (docs/reliability.
 * ``closed`` — a request that needs Redis (a Redis key not in the cache, any rate-limited key) is
   answered 503 with ``Retry-After``: nobody gets past a limit that cannot be checked;
 * ``open`` — such a request is admitted without its rate limit and token budget, and Redis keys this
-  replica verified before stay accepted; an unknown key is still refused. Availability over strictness.
+  replica verified in the last ``auth.fail_open_key_max_age_s`` stay accepted (so a key revoked during
+  an outage stops working within that time); an unknown key is still refused. Availability over
+  strictness, for a bounded time.
 
 Keys are never logged: only digests (and only their first 8 hex digits) appear in log lines.
 """
@@ -214,7 +216,8 @@ class Access:
             fields = await self._guarded(lambda: client.hgetall(self._keys.api_key_prefix + key_digest))
         except redis.RedisError as exc:
             self._redis_unavailable(exc, key_digest)
-            if cached is None:  # fail-open still refuses a key it has never seen
+            # Fail-open still refuses a key it has never seen, or has not seen in Redis for too long.
+            if cached is None or time.monotonic() - cached[0] > self._auth.fail_open_key_max_age_s:
                 raise _unauthorized() from exc
             return cached[1]
         if not fields:

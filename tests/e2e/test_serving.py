@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from bench.attacks import slowloris
+from bench.attacks import attacks, run_attack, slowloris
 from deployments.ingress.validation import validated_request
 from tests.e2e.served import Served
 from tools.e2e_app import AR_MODEL, DFLASH_MODEL
@@ -359,6 +359,19 @@ def test_openai_client_sees_typed_errors(served: Served):
         client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=DFLASH_MODEL, messages=[{"role": "user", "content": "x " * 5000}])
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["3,001-message chat (quadratic template)", "201-message chat (fills the context; rendered off the loop)"],
+)
+def test_an_unrelated_user_streams_while_a_hostile_chat_is_rendered(served: Served, name: str):
+    """make attacks' two chats that work the template renderer: the longest refused (400), the longest allowed
+    (rendered off the event loop) answered; meanwhile another user's stream gets its first chunk."""
+    attack = next(a for a in attacks(served.base_url, DFLASH_MODEL, "unused", "http://127.0.0.1:9/") if a.name == name)
+    outcome = asyncio.run(run_attack(served.base_url, attack, DFLASH_MODEL, "unused"))
+    assert outcome.ok, outcome
+    assert outcome.bystander_ttft_s is not None, outcome
 
 
 def test_a_body_that_never_finishes_is_408_and_frees_the_connection(served: Served):

@@ -172,6 +172,21 @@ def test_redis_outage_follows_the_configured_fail_mode(server: RedisServer, mode
     assert [_status(access, k) for k in (static, key)] == [200, 401]
 
 
+def test_fail_open_accepts_a_known_key_only_for_a_bounded_time(server: RedisServer):
+    """A key revoked while Redis is down cannot be seen as revoked: it works for fail_open_key_max_age_s at most."""
+    key = cli.add(redis.Redis.from_url(server.url), APP, "frank")
+    auth = AuthConfig(redis_keys=True, key_cache_s=0, on_redis_error="open", fail_open_key_max_age_s=0.5)
+    access = _fresh(auth, server.url)
+    assert _status(access, key) == 200  # checked in Redis now
+    server.stop()
+    try:
+        assert _status(access, key) == 200  # fail-open: known, checked 0.5 s ago at most
+        time.sleep(0.6)
+        assert _status(access, key) == 401  # not checked in Redis for longer than the bound
+    finally:
+        server.start()
+
+
 @pytest.mark.parametrize("mode", ["closed", "open"])
 def test_a_blackholed_redis_opens_the_breaker_and_requests_stop_waiting_on_it(server: RedisServer, mode: str):
     """SIGSTOP: Redis accepts connections and never answers; each try costs a client timeout until the breaker
