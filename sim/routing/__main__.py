@@ -104,6 +104,8 @@ def main() -> None:
         "goals": report.goals_markdown(results["goals"]),
         "calibration": report.calibration_markdown(results["parameters"]),
     }
+    if cost:
+        tables["cost"] = report.cost_markdown(cost)
     if args.out.resolve() == results_dir("routing-simulator", False):  # the committed run: its tables go in the doc
         for name, text in tables.items():
             replace_between(DOC, f"<!-- routing-sim:{name}:begin -->", f"<!-- routing-sim:{name}:end -->", text)

@@ -256,6 +256,24 @@ def saturation_markdown(results: dict[str, Any], held_out: list[str], policies: 
     return "\n".join(lines) + "\n"
 
 
+def cost_markdown(cost: dict[str, Any]) -> str:
+    """What routing one prompt costs the router in CPU time (``results["routing_cost"]``): the docs' cost table."""
+    lines = [
+        f"{cost['prompt_tokens']:,}-token prompt, {cost['replicas']} replicas, index filled to "
+        f"{cost['index_capacity_blocks_per_replica']:,} blocks per replica (CPU time):\n",
+        "| scenario | hash p50 / p99 | `choose` p50 / p99 | total p50 / p99 |",
+        "|---|---:|---:|---:|",
+    ]
+    for policy in OURS:
+        for sc in cost[policy]["scenarios"]:
+            lines.append(
+                f"| {sc['scenario'].replace('_', ' ')} | {sc['hash_p50_ms']:.2f} / {sc['hash_p99_ms']:.2f} ms | "
+                f"{sc['choose_p50_ms']:.2f} / {sc['choose_p99_ms']:.2f} ms | "
+                f"{sc['total_p50_ms']:.2f} / {sc['total_p99_ms']:.2f} ms |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def calibration_markdown(parameters: dict[str, Any]) -> str:
     """The engine model against each seed cell (``parameters["calibration"]``): the docs' fit table."""
     cells = parameters["calibration"]

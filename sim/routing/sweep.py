@@ -11,8 +11,8 @@
 Every point runs every policy on the same requests (same hashes, same arrival times). The anchors'
 baselines run at their shipped defaults and at a small grid over their own knobs (``BASELINE_GRID``,
 the real-engine benchmark's grid where the knob exists here); the report picks each one's best point
-on the tuning seed. Our ``prefix`` policy runs two ways: ``prefix`` in precise mode (KV events, the
-production setting) and ``prefix_approx`` (routing history only, like the anchors' trees). The pooled-cache
+on the tuning seed. Our ``prefix`` policy runs two ways: ``prefix`` in precise mode (KV events,
+``routing.mode: precise``) and ``prefix_approx`` (routing history only, like the anchors' trees). The pooled-cache
 reference comes with every run.
 """
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
 
 from bench.peer_routers import PEER_ARMS, PeerArm
-from bench.routing_real import report, summarize
+from bench.routing_real import report, republish, summarize
 from bench.routing_workloads import TUNING_WORKLOADS
 from bench.vllm_server import CacheCounters
 
@@ -84,6 +85,19 @@ def test_a_held_out_workload_counts_only_where_every_held_out_seed_ran_it():
     runs["x"]["2"]["sharegpt"] = runs["x"]["2"]["shared_prefix"]
     held = summarize(runs, {"x": "x"}, tuning=[0], held_out=[1, 2])["x"]["held_out"]["default"]
     assert held["sharegpt"]["hit_rate"]["mean"] == pytest.approx(0.5)
+
+
+def test_report_only_renders_the_saved_runs_tables_and_plot(tmp_path, capsys: pytest.CaptureFixture[str]):
+    """--report-only: the saved runs, summarized again, give the tables (throughput included) and the PNG."""
+    runs = {"smg/round_robin": _runs({0: 0.4, 1: 0.5, 2: 0.5}), "unknown-arm": _runs({0: 0.9, 1: 0.9, 2: 0.9})}
+    out = tmp_path / "routing_real"
+    out.with_suffix(".json").write_text(json.dumps({"runs": runs, "tuning_seeds": [0], "held_out_seeds": [1, 2]}))
+    republish(out)
+    printed = capsys.readouterr().out
+    assert "| smg/round_robin | default (= tuned) | 50.0% ± 0.0% | 50.0% ± 0.0% |" in printed
+    assert "unknown-arm" not in printed
+    assert "Throughput (requests/s" in printed and "| smg/round_robin | default (= tuned) | 3.00 ± 0.00 |" in printed
+    assert out.with_suffix(".png").stat().st_size > 0
 
 
 def test_counter_deltas():
