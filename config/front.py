@@ -159,7 +159,15 @@ class IngressConfig(Strict):
     num_replicas: int = Field(1, ge=1, description="Ingress replicas (each routes on its own).")
     num_cpus: float = Field(0.5, ge=0, description="CPUs reserved per ingress replica.")
     max_ongoing_requests: int = Field(1024, ge=1, description="Requests one ingress replica holds at once.")
-    request_timeout_s: float = Field(600, gt=0, description="Longest a request may take end to end.")
+    request_timeout_s: float = Field(
+        600, gt=0, description="Longest a request may take end to end, a stream's last chunk included."
+    )
+    stream_idle_timeout_s: float = Field(
+        120,
+        gt=0,
+        description="Longest a stream may go without a chunk from its engine before the ingress ends it with an "
+        "error event (an engine stalled mid-stream must not hold the client, its admission slot and its budget).",
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     body_read_timeout_s: float = Field(
         30, gt=0, description="Longest a request's body may take to arrive after its headers (then 408)."

@@ -103,6 +103,7 @@ class Dispatcher:
     def __init__(self, engines: dict[str, DeploymentHandle], ingress: IngressConfig, metrics: IngressMetrics) -> None:
         self._engines = engines
         self._timeout = ingress.request_timeout_s
+        self._idle_timeout = ingress.stream_idle_timeout_s
         self._retries = ingress.dispatch_retries
         self._metrics = metrics
 
@@ -173,27 +174,38 @@ class Dispatcher:
     async def _relay(
         self, first: str, gen: DeploymentResponseGenerator, ctx: RequestContext, drop_usage: bool
     ) -> AsyncIterator[str]:
-        """Forward SSE chunks as they come; a replica lost mid-stream ends the stream cleanly.
+        """Forward SSE chunks as they come; a replica lost mid-stream ends the stream cleanly, and so does one
+        that sends nothing for ``ingress.stream_idle_timeout_s`` or runs past ``ingress.request_timeout_s``.
 
         A metered request's final usage chunk settles its reservation (and is not relayed when only the
         ingress asked for it). The first chunk is never that one: it carries the first choice's delta.
         """
         status, metered, usage = 200, ctx.reservation is not None, None
+        deadline = ctx.start + self._timeout
         try:
             yield first
-            async for _, _, chunk in gen:
+            while True:
+                # The timer covers the wait for the engine only, never a yield (the client's own pace).
+                wait_s = min(self._idle_timeout, deadline - time.perf_counter())
+                try:
+                    async with asyncio.timeout(max(wait_s, 0.0)):
+                        _, _, chunk = await gen.__anext__()
+                except StopAsyncIteration:
+                    break
                 if metered and (found := final_usage(chunk)) is not None:
                     usage = found
                     if drop_usage:
                         continue
                 yield chunk
+        except TimeoutError:
+            status = 504
+            logger.warning("stream %s from %s: no chunk in time; ended", ctx.request_id, ctx.model_id)
+            yield _error_event(504, "The model sent nothing in time; the response is incomplete.", "stream_timeout")
+            yield _DONE
         except Exception as exc:  # noqa: BLE001 - the replica died under a running stream
             status = 503
             logger.warning("stream %s from %s broke: %r", ctx.request_id, ctx.model_id, exc)
-            err = error_body(
-                503, "The model replica failed while streaming; the response is incomplete.", code="replica_failed"
-            )
-            yield f"data: {json.dumps(err)}\n\n"
+            yield _error_event(503, "The model replica failed while streaming; the response is incomplete.")
             yield _DONE
         finally:
             gen.cancel()  # no-op when finished; aborts the engine request when the client left
@@ -201,6 +213,11 @@ class Dispatcher:
             self._metrics.observe(ctx.model_id, ctx.endpoint, status, ctx.start)
             if metered and (status != 200 or usage is not None):  # a client that left gets nothing back
                 await _settle(ctx, 0 if status != 200 else spent_tokens(usage))
+
+
+def _error_event(status: int, message: str, code: str = "replica_failed") -> str:
+    """An OpenAI error as a stream's last event before ``[DONE]``: the client sees why the stream ended."""
+    return f"data: {json.dumps(error_body(status, message, code=code))}\n\n"
 
 
 async def _settle(ctx: RequestContext, spent: int | None) -> None:

@@ -48,6 +48,20 @@ class _Gen:
         self.cancelled = True
 
 
+class _Hang(_Gen):
+    """A reply stream that stops answering (never ends) after ``after`` items of ``inner``."""
+
+    def __init__(self, inner: _Gen, after: int) -> None:
+        super().__init__(*inner._items, delay_s=inner._delay_s)
+        self._left = after
+
+    async def __anext__(self) -> Any:
+        if self._left == 0:
+            await asyncio.Event().wait()  # forever
+        self._left -= 1
+        return await super().__anext__()
+
+
 class _Handle:
     """An engine deployment handle whose calls answer with the given streams, one per call."""
 
@@ -206,6 +220,25 @@ def test_an_unmetered_stream_is_relayed_untouched():
     req = _stream_req()
     chunks, _, _ = _run(_Handle(_Gen(*STREAM)), req=req)
     assert chunks == [c for _, _, c in STREAM] and req.stream_options is None
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [({"stream_idle_timeout_s": 0.05}, "idle"), ({"request_timeout_s": 0.3, "stream_idle_timeout_s": 60}, "deadline")],
+)
+def test_a_stream_whose_engine_goes_quiet_is_ended_with_an_error_event(limits: dict, reason: str):
+    """An engine that stalls mid-stream (idle), or a stream past the request's end-to-end deadline, does not hold
+    the client, the admission slot and the key's budget: 504 stream_timeout, [DONE], all released."""
+    stalled = _Gen(("sse", 200, "data: 1\n\n"), ("sse", 200, "data: 2\n\n"), delay_s=0.2 if reason == "deadline" else 0)
+    stalled._items.append(("sse", 200, "data: never\n\n"))
+    reservation = _Reservation()
+    hang = _Hang(stalled, after=2 if reason == "idle" else 99)
+    chunks, gate, metrics = _run(_Handle(hang), req=_stream_req(), reservation=reservation, **limits)
+    assert chunks[-1] == "data: [DONE]\n\n" and "data: never\n\n" not in chunks
+    assert json.loads(chunks[-2].removeprefix("data: "))["error"]["code"] == "stream_timeout"
+    assert hang.cancelled and gate.in_flight == 0 and reservation.settled == [0]
+    labels = {"model": "m", "endpoint": "/v1/completions"}
+    assert _sample(metrics, "dflash_serve_requests_total", status="504", **labels) == 1
 
 
 def test_a_stream_lost_mid_way_gives_the_reservation_back():
