@@ -43,21 +43,7 @@ def table(results: dict[str, Any]) -> str:
                 )
     cost = results.get("routing_cost")
     if cost:
-        lines.append(
-            f"\nrouting cost: {cost['prompt_tokens']}-token prompt, {cost['replicas']} replicas, "
-            f"index bound {cost['index_capacity_blocks_per_replica']} blocks per replica"
-        )
-        lines.append(
-            f"{'policy / scenario (CPU ms)':<40}{'hash p50':>10}{'p99':>8}{'choose p50':>12}{'p99':>8}"
-            f"{'total p50':>11}{'p99':>8}{'wall p99':>10}"
-        )
-        for policy in OURS:
-            for s in cost[policy]["scenarios"]:
-                lines.append(
-                    f"{policy + ' / ' + s['scenario']:<40}{s['hash_p50_ms']:>8.2f}ms{s['hash_p99_ms']:>6.2f}ms"
-                    f"{s['choose_p50_ms']:>10.2f}ms{s['choose_p99_ms']:>6.2f}ms{s['total_p50_ms']:>9.2f}ms"
-                    f"{s['total_p99_ms']:>6.2f}ms{s['wall_p99_ms']:>8.2f}ms"
-                )
+        lines.append("\nrouting cost: " + cost_markdown(cost))
     return "\n".join(lines)
 
 
