@@ -187,6 +187,12 @@ class IngressConfig(Strict):
     render_workers: int = Field(
         2, ge=1, description="Threads per ingress replica rendering prompts (a wait for one counts in the timeout)."
     )
+    metrics_cache_s: float = Field(
+        1.0,
+        ge=0,
+        description="How long one /metrics fan-out (a broadcast to every ingress and engine replica) answers every "
+        "scrape of this ingress replica: however many arrive, the replicas answer at most once per this long.",
+    )
     openapi_docs: bool = Field(
         False, description="Serve /openapi.json and /docs (the schema of every route; off on a public endpoint)."
     )

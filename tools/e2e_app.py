@@ -32,7 +32,8 @@ def e2e_config(redis_url: str) -> AppConfig:
     routing = dflash.routing.model_copy(update={"mode": "precise", "session_affinity": True, "snapshot_period_s": 2})
     ar = dflash.model_copy(update={"id": AR_MODEL, "speculative": None, "replicas": two, "routing": routing})
     # A short body deadline, so the test of a body that never finishes waits seconds, not the default 30.
-    ingress = base.ingress.model_copy(update={"num_replicas": 2, "body_read_timeout_s": 3.0})
+    # Tests read counters right after acting: no cached /metrics (tests/unit/deployments/ingress covers the cache).
+    ingress = base.ingress.model_copy(update={"num_replicas": 2, "body_read_timeout_s": 3.0, "metrics_cache_s": 0})
     return base.model_copy(
         update={"name": "dflash-test", "models": [dflash, ar], "ingress": ingress, "redis_url": redis_url}
     )

@@ -35,7 +35,7 @@ from deployments.ingress.admission import Admission, Rejected, Slot
 from deployments.ingress.admission_errors import rejection_error
 from deployments.ingress.dispatch import Dispatcher, RequestContext
 from deployments.ingress.errors import ApiError, error_body
-from deployments.ingress.ingress_metrics import IngressMetrics, engine_exposition, ingress_exposition
+from deployments.ingress.ingress_metrics import CachedText, IngressMetrics, engine_exposition, ingress_exposition
 from deployments.ingress.openapi import openapi_document
 from deployments.ingress.prompt import RenderedPrompt, load_tokenizer, render_prompt, routing_hint, template_variables
 from deployments.ingress.readiness import Readiness
@@ -116,6 +116,7 @@ class Ingress:
         self._engines = engines
         self._models = {m.id: m for m in config.effective_models()}
         self._metrics = IngressMetrics()
+        self._exposition = CachedText(self._whole_exposition, config.ingress.metrics_cache_s)
         self._access = Access(config.auth, config.redis_url, config.name, config.redis_password_file)
         self._admission = Admission(admission_limits, config.ingress.admission)
         self._dispatcher = Dispatcher(engines, config.ingress, self._metrics)
@@ -180,8 +181,11 @@ class Ingress:
     async def metrics(self, request: Request) -> Response:
         if self._config.auth.protect_metrics:
             await self._authorize(request)
-        parts = [await engine_exposition(self._engines), await ingress_exposition(self._metrics)]
-        return PlainTextResponse("".join(parts), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(await self._exposition.get(), media_type="text/plain; version=0.0.4")
+
+    async def _whole_exposition(self) -> str:
+        """Every engine's and every ingress replica's series, summed (a broadcast to each deployment)."""
+        return await engine_exposition(self._engines) + await ingress_exposition(self._metrics)
 
     def own_metrics_text(self) -> str:
         """This ingress replica's series and its routers' (the /metrics handler sums every replica's)."""

@@ -4,13 +4,18 @@ Each ingress replica counts what it answered (requests by status, time to first 
 admission refusals, dispatch retries) in a registry of its own. A scrape reaches one ingress replica
 through the load balancer, so that replica asks every ingress replica and every engine replica for
 their expositions and sums them (:mod:`deployments.ingress.metrics_merge`): the scrape sees the whole
-front and every model, not whichever replica answered.
+front and every model, not whichever replica answered. That fan-out is cached for
+``ingress.metrics_cache_s`` (:class:`CachedText`), so however many scrapes arrive, the replicas answer
+one broadcast per that time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from ray import serve
@@ -22,6 +27,30 @@ from deployments.router import metrics as router_metrics
 logger = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class CachedText:
+    """``fetch()``'s text, fetched at most once per ``ttl_s`` however many callers ask at once.
+
+    Callers that arrive while a fetch runs wait for it and share its answer; one lock, no stampede.
+    """
+
+    def __init__(
+        self, fetch: Callable[[], Awaitable[str]], ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._fetch = fetch
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._text = ""
+        self._at = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> str:
+        async with self._lock:
+            if self._clock() - self._at >= self._ttl_s:
+                self._text = await self._fetch()
+                self._at = self._clock()
+            return self._text
 
 
 class IngressMetrics:

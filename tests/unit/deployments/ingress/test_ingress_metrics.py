@@ -6,7 +6,9 @@ import asyncio
 import time
 from typing import Any
 
-from deployments.ingress.ingress_metrics import IngressMetrics, engine_exposition, scrape_replicas
+import pytest
+
+from deployments.ingress.ingress_metrics import CachedText, IngressMetrics, engine_exposition, scrape_replicas
 
 VLLM_TEXT = "# HELP vllm:num_requests_running r\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 2\n"
 
@@ -63,3 +65,25 @@ def test_engine_exposition_sums_replicas_and_counts_those_that_answered():
     assert "vllm:num_requests_running 4" in text
     assert 'dflash_serve_engine_replicas{model="m"} 2' in text
     assert 'dflash_serve_engine_replicas{model="cold"} 0' in text
+
+
+def test_a_scrape_storm_costs_one_fan_out_a_second():
+    """50 scrapes at once share one fetch (the broadcast to every replica); the next second fetches again."""
+    now = [100.0]
+    calls: list[float] = []
+
+    async def fetch() -> str:
+        calls.append(now[0])
+        await asyncio.sleep(0.01)  # the broadcast takes a while: callers arriving meanwhile wait for it
+        return f"text {len(calls)}"
+
+    async def run() -> None:
+        cached = CachedText(fetch, ttl_s=1.0, clock=lambda: now[0])
+        assert set(await asyncio.gather(*(cached.get() for _ in range(50)))) == {"text 1"}
+        now[0] += 0.9
+        assert await cached.get() == "text 1"
+        now[0] += 0.2
+        assert await cached.get() == "text 2"
+
+    asyncio.run(run())
+    assert calls == pytest.approx([100.0, 101.1])
