@@ -125,15 +125,26 @@ async def _one(client: openai.AsyncOpenAI, max_tokens: int, out: list[tuple[floa
 
 
 async def _load_until(s: Scaling, concurrency: int, max_tokens: int, done) -> None:
-    """Keep ``concurrency`` requests in flight until ``done()`` (checked every second) or the phase times out."""
+    """Keep ``concurrency`` requests in flight until ``done()`` (asked once a second) or the phase times out.
+
+    A request that ends is replaced at once, and ``done()`` is asked only then, with the requests in flight:
+    what it sees change, changed under load. (Asked after waiting for every request to end, it saw the
+    fleet change with nothing in flight whenever the requests ended together, as two started together do.)
+    """
     client = openai.AsyncOpenAI(base_url=s.url, api_key="unused", max_retries=0, timeout=PHASE_TIMEOUT_S)
     deadline = time.monotonic() + PHASE_TIMEOUT_S
     tasks: set[asyncio.Task] = set()
+    ask_at = 0.0
     try:
-        while time.monotonic() < deadline and not await asyncio.to_thread(done):
+        while time.monotonic() < deadline:
             while len(tasks) < concurrency:
                 tasks.add(asyncio.create_task(_one(client, max_tokens, s.outcomes)))
-            _, tasks = await asyncio.wait(tasks, timeout=1.0)
+            if time.monotonic() >= ask_at:
+                if await asyncio.to_thread(done):
+                    break
+                ask_at = time.monotonic() + 1.0
+            wait_s = max(0.0, ask_at - time.monotonic())
+            _, tasks = await asyncio.wait(tasks, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
         await asyncio.gather(*tasks)
     finally:
         await client.close()
