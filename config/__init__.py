@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from config.app import AppConfig, BuildArgs, KvStreamSettings
 from config.engine import EngineConfig, SpeculativeConfig
-from config.front import AdmissionConfig, AuthConfig, IngressConfig
+from config.front import AdmissionConfig, AuthConfig, IngressConfig, MediaConfig
 from config.model import ModelConfig
 from config.replicas import AutoscalingConfig, ReplicaConfig
 from config.routing import RoutingConfig
@@ -24,6 +24,7 @@ __all__ = [
     "EngineConfig",
     "IngressConfig",
     "KvStreamSettings",
+    "MediaConfig",
     "ModelConfig",
     "ReplicaConfig",
     "RoutingConfig",

@@ -149,7 +149,14 @@ class MediaConfig(Strict):
     enabled: bool = Field(False, description="Accept non-text content parts (images, audio, video) in chats.")
     allowed_domains: list[str] = Field(
         default_factory=list,
-        description="Hosts (and their subdomains) https media URLs may name; empty: data: URLs only.",
+        description="Hosts (and their subdomains) https media URLs may name; empty: data: URLs only. The engines "
+        "fetch only from these exact hosts (a subdomain must be listed itself there).",
+    )
+    max_download_mb: int = Field(
+        16, ge=1, description="Largest media file an engine downloads (vLLM's own default: 256 MB)."
+    )
+    max_image_pixels: int = Field(
+        16_777_216, ge=1, description="Largest image an engine decodes, in pixels (4096 x 4096; vLLM's: 179 M)."
     )
 
 

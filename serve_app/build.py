@@ -104,7 +104,7 @@ def build_from_config(config: AppConfig) -> Application:
         engines[m.id] = (
             serve.deployment(EngineReplica)
             .options(**engine_options(m, stream, config.ingress.request_timeout_s))
-            .bind(m, relay)
+            .bind(m, relay, config.ingress.media)
         )
     logger.info(
         "built app %r: %s", config.name, ", ".join(f"{m.id} (dflash={m.speculative is not None})" for m in models)

@@ -23,12 +23,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-from config import KvStreamSettings, ModelConfig
+from config import KvStreamSettings, MediaConfig, ModelConfig
 from config.engine_validation import engine_hash_algo, engine_none_hash_seed
 from contracts.engine_report import BlockGeometry, ReplicaReport
 from deployments.engine import parser_cache
 from deployments.engine.engine_args import vllm_serve_argv
 from deployments.engine.kv_events import KvEventRelay, kv_events_config
+from deployments.engine.media_fetch import allowed_hosts, fetch_env
 from deployments.engine.replica_stats import RecentLatency, ReplicaStats, ReplicaStatsLogger, build_report
 from deployments.engine.serve_logging import serve_log_handlers_kept
 from deployments.kv_stream import EventStreamWriter
@@ -71,8 +72,13 @@ def _check_environment(model: ModelConfig) -> str | None:
 class EngineReplica:
     """Serve deployment class; the builder wraps it with per-model options."""
 
-    async def __init__(self, model: ModelConfig, kv_stream: KvStreamSettings | None = None) -> None:
-        """``kv_stream`` is given in precise routing mode: the engine's KV events are relayed there."""
+    async def __init__(
+        self, model: ModelConfig, kv_stream: KvStreamSettings | None = None, media: MediaConfig | None = None
+    ) -> None:
+        """``kv_stream`` is given in precise routing mode: the engine's KV events are relayed there. ``media``: the
+        app's ``ingress.media``, which the engine applies again when it fetches (``media_fetch``); None: text-only.
+        """
+        import os
         import tempfile
 
         from ray import serve
@@ -102,8 +108,11 @@ class EngineReplica:
             self._relay = KvEventRelay(replica_id, endpoint, writer, kv_stream.snapshot_period_s, seed)
             events_config = kv_events_config(endpoint)
 
+        media = media or MediaConfig()
+        os.environ.update(fetch_env(media))  # this replica's process fetches the media its requests name
         with serve_log_handlers_kept():  # vLLM's logging setup would close Serve's replica log handler
             args = make_arg_parser(FlexibleArgumentParser()).parse_args(vllm_serve_argv(model, events_config))
+            args.allowed_media_domains = allowed_hosts(media)
             validate_parsed_serve_args(args)
             engine_args = AsyncEngineArgs.from_cli_args(args)
             vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)

@@ -7,18 +7,20 @@ One app serves the tiny DFlash pair (``tiny-gemma4``) and the same target withou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import re
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
 from bench.attacks import attacks, run_attack, slowloris
-from deployments.ingress.validation import validated_request
+from deployments.ingress.validation import parsed_request, validated_request
 from tests.e2e.served import Served
 from tools.e2e_app import AR_MODEL, DFLASH_MODEL
 
@@ -226,8 +228,9 @@ def test_image_chat_with_dflash_is_lossless(served: Served):
     assert ask(AR_MODEL, (20, 20, 220))[0] != red_ar
 
 
-def test_image_url_to_a_private_host_is_refused_unfetched(served: Served):
-    """SSRF: an image URL naming a server on the nodes' network is a 400, and that server sees no request."""
+@contextlib.contextmanager
+def _recording_server() -> Iterator[tuple[int, list[str]]]:
+    """An HTTP server on the nodes' network (the SSRF target): its port, and the paths it was asked for."""
     hits: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -241,13 +244,33 @@ def test_image_url_to_a_private_host_is_refused_unfetched(served: Served):
 
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        port = server.server_address[1]
+        try:
+            yield server.server_address[1], hits
+        finally:
+            server.shutdown()
+
+
+def _image_chat(url: str) -> dict:
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this?"}]
+    return {"model": DFLASH_MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4}
+
+
+def test_image_url_to_a_private_host_is_refused_unfetched(served: Served):
+    """SSRF: an image URL naming a server on the nodes' network is a 400, and that server sees no request."""
+    with _recording_server() as (port, hits):
         for url in (f"http://127.0.0.1:{port}/cat.png", f"https://127.0.0.1:{port}/cat.png"):
-            content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this?"}]
-            body = {"model": DFLASH_MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 4}
-            resp = _post(served, "/chat/completions", json.dumps(body))
+            resp = _post(served, "/chat/completions", json.dumps(_image_chat(url)))
             assert resp.status_code == 400 and _error(resp)["code"] == "media_url_not_allowed", resp.text
-        server.shutdown()
+    assert hits == []
+
+
+def test_an_engine_reached_past_the_ingress_fetches_no_media_url(served: Served):
+    """The engines' own backstop (deployments/engine/media_fetch.py): the same chat sent to an engine directly,
+    as another app on the cluster could, is refused by vLLM, and the server still sees no request."""
+    with _recording_server() as (port, hits):
+        req = parsed_request("chat", _image_chat(f"http://127.0.0.1:{port}/cat.png"))
+        replies = list(served.engine_handle(DFLASH_MODEL).options(stream=True).chat.remote(req))
+    assert replies[0][0] == "error", replies[0]
     assert hits == []
 
 
