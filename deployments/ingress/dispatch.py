@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from config import IngressConfig
 from contracts.engine_report import RoutingHint
+from deployments.error_kind import error_kind
 from deployments.ingress.access import Reservation
 from deployments.ingress.admission import Slot
 from deployments.ingress.errors import ApiError, error_body
@@ -154,16 +155,18 @@ class Dispatcher:
                     # again. The router drops a dead actor at once; a dead engine core fails its health
                     # check within the period, so the backoff gives Serve time to take it out.
                     logger.warning(
-                        "request %s: replica of %s died before the first byte (%r); retrying",
+                        "request %s: replica of %s died before the first byte (%s); retrying",
                         ctx.request_id,
                         ctx.model_id,
-                        exc,
+                        error_kind(exc),
                     )
                     self._metrics.retries.labels(ctx.model_id).inc()
                     await asyncio.sleep(retry_in)
                     attempt += 1
                     continue
-                logger.warning("request %s to %s failed before its first byte: %r", ctx.request_id, ctx.model_id, exc)
+                logger.warning(
+                    "request %s to %s failed before its first byte: %s", ctx.request_id, ctx.model_id, error_kind(exc)
+                )
                 raise ApiError(
                     503,
                     "The model is unavailable right now; retry.",
@@ -204,7 +207,7 @@ class Dispatcher:
             yield _DONE
         except Exception as exc:  # noqa: BLE001 - the replica died under a running stream
             status = 503
-            logger.warning("stream %s from %s broke: %r", ctx.request_id, ctx.model_id, exc)
+            logger.warning("stream %s from %s broke: %s", ctx.request_id, ctx.model_id, error_kind(exc))
             yield _error_event(503, "The model replica failed while streaming; the response is incomplete.")
             yield _DONE
         finally:

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.error_kind import error_kind
 from deployments.ingress.metrics_merge import merge_expositions
 from deployments.router import metrics as router_metrics
 
@@ -115,7 +116,7 @@ async def scrape_replicas(handle: DeploymentHandle, method: str) -> list[str]:
     try:
         results = await handle.broadcast(method).results_async(timeout_s=5, return_exceptions=True)
     except Exception as exc:  # noqa: BLE001 - any failure of the broadcast means "no answers"
-        logger.debug("no %s from %s: %r", method, handle.deployment_name, exc)
+        logger.debug("no %s from %s: %s", method, handle.deployment_name, error_kind(exc))
         return []
     return [r for r in results if isinstance(r, str)]
 

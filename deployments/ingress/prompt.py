@@ -17,6 +17,7 @@ from typing import Any
 
 from config import ModelConfig
 from contracts.engine_report import RoutingHint
+from deployments.error_kind import error_kind
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def render_prompt(tokenizer: Any, kind: str, req: Any) -> RenderedPrompt | None:
     try:
         token_ids, exact = prompt_token_ids(tokenizer, kind, req)
     except Exception as exc:  # noqa: BLE001 - rendering never fails a request
-        logger.debug("request %s routed without its prompt tokens: %r", req.request_id, exc)
+        logger.debug("request %s routed without its prompt tokens: %s", req.request_id, error_kind(exc))
         return None
     return RenderedPrompt(token_ids, exact)
 
