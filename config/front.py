@@ -61,6 +61,13 @@ class AuthConfig(Strict):
         description="With on_redis_error: open, how long after its last check in Redis a key stays accepted "
         "while Redis is unreachable: the longest a key revoked during an outage keeps working.",
     )
+    redis_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="Longest one Redis call of access control may take (connect, and each read): what a Redis "
+        "that stopped answering costs a request, until redis_breaker_failures such calls open the breaker.",
+    )
     redis_breaker_failures: int = Field(
         3, ge=1, description="Consecutive Redis failures after which access control stops trying Redis for a while."
     )

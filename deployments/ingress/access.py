@@ -42,7 +42,6 @@ from deployments.redis_auth import redis_password
 
 logger = logging.getLogger(__name__)
 
-_REDIS_TIMEOUT_S = 1.0
 _CACHE_ENTRIES = 10_000
 T = TypeVar("T")
 
@@ -117,8 +116,8 @@ class Access:
             self._client = aioredis.Redis.from_url(
                 self._redis_url,
                 password=redis_password(self._redis_password_file),
-                socket_timeout=_REDIS_TIMEOUT_S,
-                socket_connect_timeout=_REDIS_TIMEOUT_S,
+                socket_timeout=self._auth.redis_timeout_s,
+                socket_connect_timeout=self._auth.redis_timeout_s,
             )
             self._bucket = TokenBucket(self._client)
         return self._client, self._bucket

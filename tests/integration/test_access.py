@@ -196,6 +196,7 @@ def test_a_blackholed_redis_opens_the_breaker_and_requests_stop_waiting_on_it(se
         api_key_sha256=[hashlib.sha256(static.encode()).hexdigest()],
         rate_limit_per_s=100,
         on_redis_error=mode,
+        redis_timeout_s=0.25,
         redis_breaker_failures=2,
         redis_breaker_open_s=600,
     )
@@ -209,6 +210,8 @@ def test_a_blackholed_redis_opens_the_breaker_and_requests_stop_waiting_on_it(se
     assert answers == [503] * 5 if mode == "closed" else [200] * 5
     assert access.breaker.state == "open"
     assert access.breaker.rejected == 3  # two timed out and opened it; three never waited on Redis
+    client, _ = access._redis()
+    assert client.connection_pool.connection_kwargs["socket_timeout"] == 0.25  # each try waits this long at most
 
 
 def test_a_redis_with_a_password_is_reached_through_the_password_file(tmp_path, capsys: pytest.CaptureFixture[str]):
