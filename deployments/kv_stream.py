@@ -26,6 +26,8 @@ import redis
 import redis.asyncio as aioredis
 
 from config import KvStreamSettings
+from deployments.circuit_breaker import BreakerState, CircuitBreaker
+from deployments.error_kind import error_kind
 from deployments.redis_auth import redis_password
 from routing.events import KvEvent, ReplicaSnapshot, decode, encode
 
@@ -35,6 +37,10 @@ _TIMEOUT_S = 2.0
 _BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 _READ_BATCH = 1000
 _READ_BLOCK_MS = 1000
+# Routing records shared at once by one router; past it a record is not shared (the local index has it). With
+# a Redis that stopped answering, each waits out its timeout: the cap bounds the tasks and connections held.
+_PUBLISH_IN_FLIGHT = 64
+_BREAKER_FAILURES, _BREAKER_OPEN_S = 3, 5.0
 
 StreamId = tuple[int, int]
 
@@ -105,7 +111,10 @@ class StreamFollower:
         self._redis: aioredis.Redis | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._publishing = 0
         self.connected = False
+        self.breaker = CircuitBreaker(_BREAKER_FAILURES, _BREAKER_OPEN_S)  # of publish: fail fast, hold nothing
+        self.not_shared = 0  # records dropped without trying Redis (disconnected, too many in flight, breaker open)
 
     @property
     def started(self) -> bool:
@@ -130,15 +139,35 @@ class StreamFollower:
             await self._redis.aclose()
 
     async def publish(self, event: KvEvent) -> None:
-        """Share a routing record with sibling routers; best effort (the local index already has it)."""
-        if not self.connected or self._redis is None:
+        """Share a routing record with sibling routers; best effort (the local index already has it).
+
+        Called once per routed request, never awaited by it; at most ``_PUBLISH_IN_FLIGHT`` at once, and
+        not at all while the breaker is open after consecutive failures (a blackholed Redis).
+        """
+        if (
+            not self.connected
+            or self._redis is None
+            or self._publishing >= _PUBLISH_IN_FLIGHT
+            or not self.breaker.allow()
+        ):
+            self.not_shared += 1
             return
+        self._publishing += 1
         try:
             await self._redis.xadd(
                 self._keys.stream, {"e": encode(event), "src": "router"}, maxlen=self._keys.maxlen, approximate=True
             )
-        except redis.RedisError as exc:
-            logger.debug("routing record not shared: %r", exc)
+        except asyncio.CancelledError:
+            self.breaker.abandon()
+            raise
+        except (redis.RedisError, OSError) as exc:
+            was_closed = self.breaker.state is BreakerState.CLOSED
+            if self.breaker.failure() and was_closed:  # once per opening, not per record in flight
+                logger.warning("routing records not shared for %g s: %s", _BREAKER_OPEN_S, error_kind(exc))
+        else:
+            self.breaker.success()
+        finally:
+            self._publishing -= 1
 
     async def _run(self) -> None:
         failures = 0

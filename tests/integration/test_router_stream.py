@@ -62,3 +62,34 @@ def test_late_router_resyncs_then_forgets_a_replica_that_left(redis_server: Redi
         asyncio.run(scenario())
     finally:
         writer.close()
+
+
+def test_a_blackholed_redis_holds_a_bounded_number_of_records_and_then_none(redis_server: RedisServer):
+    """SIGSTOP: every record sent waits out the client timeout; at most the cap wait at once (the rest are not
+    shared), and once those failed the breaker is open and records are dropped without trying Redis."""
+    from deployments.kv_stream import _PUBLISH_IN_FLIGHT
+
+    settings = KvStreamSettings(
+        redis_url=redis_server.url, key_prefix="dflash:test-router-stream:blackhole", maxlen=1000, snapshot_period_s=30
+    )
+
+    async def scenario() -> None:
+        follower = StreamFollower(settings, lambda _: None)
+        follower.start()
+        try:
+            await _until(lambda: follower.connected)
+            redis_server.pause()
+            try:
+                await asyncio.gather(*(follower.publish(BlocksStored("a", A)) for _ in range(3 * _PUBLISH_IN_FLIGHT)))
+                assert follower.not_shared == 2 * _PUBLISH_IN_FLIGHT  # dropped at once: the cap was reached
+                assert follower.breaker.state == "open"  # the ones in flight all timed out
+                rejected = follower.breaker.rejected
+                follower.connected = True  # as if the reader had not noticed yet: the breaker alone decides
+                await follower.publish(BlocksStored("a", A))
+                assert follower.breaker.rejected == rejected + 1
+            finally:
+                redis_server.resume()
+        finally:
+            await follower.stop()
+
+    asyncio.run(scenario())
