@@ -165,6 +165,13 @@ class MediaConfig(Strict):
     max_image_pixels: int = Field(
         16_777_216, ge=1, description="Largest image an engine decodes, in pixels (4096 x 4096; vLLM's: 179 M)."
     )
+    tokens_per_item: int = Field(
+        2_400,
+        ge=1,
+        description="Prompt tokens each image, audio clip or video reserves from a key's token budget up front (its "
+        "URL says nothing of them; the engine's usage settles the real count). Gemma-4 at most: 1,120 per image, "
+        "750 per audio clip, 32 frames x 70 plus timestamps per video.",
+    )
 
 
 class IngressConfig(Strict):

@@ -239,7 +239,9 @@ class Ingress:
             slot = await self._admit(model_id, sequences(req))
             response: Response | None = None
             try:
-                reservation = await self._access.reserve(caller, token_bound(body, req, max_model_len))
+                reservation = await self._access.reserve(
+                    caller, token_bound(body, req, max_model_len, self._config.ingress.media)
+                )
                 ctx = RequestContext(kind, model_id, req.request_id, start, slot, reservation)
                 rendered = await self._render(kind, req, model_id)
                 session_id = request.headers.get("x-session-id")

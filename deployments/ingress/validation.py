@@ -272,7 +272,7 @@ MESSAGE_TEMPLATE_TOKENS = 8
 
 def _text_bytes(value: Any) -> int:
     """UTF-8 bytes of the strings in ``value`` plus one per token id, media parts left out (their tokens are
-    the encoder's, counted by the engine's usage, not by their URL's length)."""
+    the encoder's, not their URL's length: :func:`token_bound` counts them apart)."""
     if isinstance(value, str):
         return len(value.encode())
     if isinstance(value, bool):
@@ -288,14 +288,25 @@ def _text_bytes(value: Any) -> int:
     return 0
 
 
-def token_bound(body: dict[str, Any], req: Any, max_model_len: int) -> int:
+def _media_parts(value: Any) -> int:
+    """How many media content parts (images, audio, video, files) ``value`` holds."""
+    if isinstance(value, dict):
+        return 1 if _media_url(value) is not None else sum(_media_parts(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_media_parts(v) for v in value)
+    return 0
+
+
+def token_bound(body: dict[str, Any], req: Any, max_model_len: int, media: MediaConfig) -> int:
     """An upper bound on the tokens ``req`` (parsed from ``body``) spends: its prompt's text in bytes (a token
-    covers at least one byte) plus the template's tokens per message, and :func:`output_tokens`.
+    covers at least one byte) plus the template's tokens per message and ``media.tokens_per_item`` per media
+    part, and :func:`output_tokens`.
 
     What a key's token budget reserves up front; the engine's usage settles it when the request ends.
     """
     messages = body.get("messages") or []
     prompt = _text_bytes(messages) + MESSAGE_TEMPLATE_TOKENS * (len(messages) + 1)
+    prompt += media.tokens_per_item * _media_parts(messages)
     prompt += _text_bytes(body.get("tools")) + _text_bytes(body.get("prompt"))
     return prompt + output_tokens(req, max_model_len)
 

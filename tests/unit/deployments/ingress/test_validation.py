@@ -163,16 +163,26 @@ def test_a_requests_token_bound_covers_its_prompt_and_every_sequences_output():
     batch = {"model": "m", "prompt": ["héllo", "ab"], "n": 2, "max_tokens": 10}
     req = _validated("completions", dict(batch))
     assert sequences(req) == 4
-    assert token_bound(batch, req, MAX_MODEL_LEN) == (6 + 2) + 8 + 4 * 10  # UTF-8 bytes, template; 2 x 2 x 10
+    assert (
+        token_bound(batch, req, MAX_MODEL_LEN, MediaConfig()) == (6 + 2) + 8 + 4 * 10
+    )  # UTF-8 bytes, template; 2 x 2 x 10
     ids = {"model": "m", "prompt": [5, 6, 7], "max_tokens": 10}
-    assert token_bound(ids, _validated("completions", dict(ids)), MAX_MODEL_LEN) == 3 + 8 + 10  # a token an id
+    assert (
+        token_bound(ids, _validated("completions", dict(ids)), MAX_MODEL_LEN, MediaConfig()) == 3 + 8 + 10
+    )  # a token an id
     chat = {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "abc"}]}]}
     req = _validated("chat", dict(chat))
-    assert token_bound(chat, req, MAX_MODEL_LEN) == len("user") + len("text") + len("abc") + 2 * 8 + MAX_MODEL_LEN
+    assert (
+        token_bound(chat, req, MAX_MODEL_LEN, MediaConfig())
+        == len("user") + len("text") + len("abc") + 2 * 8 + MAX_MODEL_LEN
+    )
     image = _image_chat("data:image/png;base64," + "A" * 10_000)
     media = MediaConfig(enabled=True)
     req = _validated("chat", dict(image), media=media)
-    assert token_bound(image, req, MAX_MODEL_LEN) < 100 + MAX_MODEL_LEN  # the encoder's tokens come with the usage
+    text = token_bound(image, req, MAX_MODEL_LEN, MediaConfig(enabled=True, tokens_per_item=1))
+    # The data: URL's 10,000 bytes are not tokens; the image is its configured encoder tokens, reserved up front.
+    assert text < 100 + MAX_MODEL_LEN
+    assert token_bound(image, req, MAX_MODEL_LEN, media) == text - 1 + media.tokens_per_item
 
 
 @pytest.mark.parametrize(
