@@ -90,15 +90,15 @@ def prompt_token_ids(tokenizer: Any, kind: str, req: Any) -> tuple[list[int], bo
     raw = [m if isinstance(m, dict) else m.model_dump(exclude_none=True) for m in req.messages]
     plain = plain_messages(raw)
     tools = [t.model_dump() for t in req.tools] if req.tools else None  # as vLLM passes them, None fields too
-    ids = tokenizer.apply_chat_template(
+    # Rendered to text, then tokenized without special tokens (the template wrote them): vLLM's own two steps.
+    text = tokenizer.apply_chat_template(
         plain if plain is not None else raw,
         tools=tools,
         add_generation_prompt=req.add_generation_prompt,
-        tokenize=True,
-        return_dict=False,
+        tokenize=False,
         **kwargs,
     )
-    return list(ids), plain is not None
+    return list(tokenizer.encode(text, add_special_tokens=False)), plain is not None
 
 
 def _completion_ids(tokenizer: Any, req: Any) -> tuple[list[int], bool]:

@@ -24,9 +24,10 @@ class _Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [BOS] * add_special_tokens + [ord(c) for c in text]
 
-    def apply_chat_template(self, messages: list[dict], **kwargs: Any) -> list[int]:
+    def apply_chat_template(self, messages: list[dict], **kwargs: Any) -> str:
+        assert kwargs["tokenize"] is False  # rendered to text here; encode() tokenizes it, as vLLM does
         self.templated.append(messages)
-        return [BOS, 7, 8]
+        return "".join(map(chr, (BOS, 7, 8)))  # the template writes BOS itself
 
 
 def _completion(**body: Any) -> Any:
