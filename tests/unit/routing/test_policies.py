@@ -115,6 +115,21 @@ def test_pow2_prefers_less_loaded_of_its_pair():
     assert rng_counts == {"r0": 50}  # with two replicas the pair is both; the idle one ranks first
 
 
+def test_pow2_samples_a_random_pair_and_ranks_it_first():
+    """Four replicas loaded 0 < 2 < 4 < 6: each of the six pairs is equally likely and its less loaded one
+    wins, so r0 wins 3/6 of draws, r1 2/6, r2 1/6 and r3 never; the pair leads, the rest follow by load."""
+    p = PowerOfTwoPolicy(seed=1)
+    decisions = [p.choose(_req([]), _replicas(0, 2, 4, 6)) for _ in range(1200)]
+    wins = Counter(d.ranked[0][0] for d in decisions)
+    assert wins["r3"] == 0 and wins["r0"] > wins["r1"] > wins["r2"] > 0
+    assert abs(wins["r0"] / 1200 - 0.5) < 0.06 and abs(wins["r2"] / 1200 - 1 / 6) < 0.05
+    assert len({d.ranked[0] for d in decisions}) == 6  # every pair was drawn
+    for d in decisions:
+        first, *rest = d.ranked
+        assert len(first) == 2 and list(first) == sorted(first)  # loads grow with the index here
+        assert [r for (r,) in rest] == sorted(r for (r,) in rest)
+
+
 def test_choose_does_not_mutate():
     p = PrefixPolicy()
     req = _req(range(5))
