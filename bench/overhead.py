@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,15 @@ from bench.load import RequestResult, RunResult, run_closed_loop
 from bench.machine import describe_machine
 from bench.process_cpu import ROLES, snapshot
 from bench.vllm_server import start_vllm, stop, wait_healthy
+from config import AppConfig
+from sim.intervals import interval
+from tools.doc_markers import replace_between
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
+RESULTS = REPO / "docs" / "results"
+DOC = REPO / "docs" / "benchmarks.md"
 RAY_SERVE_LLM_ANCHOR = {"bare_vllm_ttft_ms": 16.9, "ray_serve_llm_ttft_ms": 64.8, "source": "ray-project/ray#59681"}
 SIDES = ("vllm", "dflash_serve")
 
@@ -82,6 +87,32 @@ def compare(runs: dict[str, list[RunResult]]) -> dict[str, Any]:
     }
 
 
+def round_intervals(runs: dict[str, list[RunResult]], cpu: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """Intervals over rounds (95%, Student's t): throughput ratio of each round's pair, each side's CPU
+    milliseconds per generated token by role, and SSE chunks per request (one per engine step when no hop
+    splits or merges them)."""
+    ratios = [
+        b.summary()["tokens_per_s"] / a.summary()["tokens_per_s"]
+        for a, b in zip(runs["vllm"], runs["dflash_serve"], strict=True)
+        if a.summary()["tokens_per_s"]
+    ]
+    out: dict[str, Any] = {"throughput_ratio": interval(ratios).to_json() if ratios else None}
+    for side, rs in runs.items():
+        roles = {role for c in cpu[side] for role, s in c.items() if s > 0}
+        tokens = [r.summary()["output_tokens"] for r in rs]
+        ok = [q for r in rs for q in r.requests if q.error is None]
+        out[side] = {
+            "cpu_ms_per_token": {
+                role: interval(
+                    [c.get(role, 0.0) * 1000 / n for c, n in zip(cpu[side], tokens, strict=True) if n]
+                ).to_json()
+                for role in sorted(roles)
+            },
+            "chunks_per_request": statistics.fmean(len(q.itl_s) + 1 for q in ok) if ok else None,
+        }
+    return out
+
+
 def measure(
     urls: dict[str, str],
     model: str,
@@ -95,7 +126,7 @@ def measure(
 ) -> dict[str, Any]:
     """Alternating rounds at concurrency ``c``; ``roots`` (side -> root pid, bare vLLM's first) for CPU per role."""
     runs: dict[str, list[RunResult]] = {s: [] for s in SIDES}
-    cpu: dict[str, dict[str, float]] = {s: {} for s in SIDES}
+    cpu: dict[str, list[dict[str, float]]] = {s: [] for s in SIDES}
 
     def done(_: RequestResult) -> None:
         bar.update()
@@ -108,15 +139,17 @@ def measure(
             before = snapshot(roots)[side]
             runs[side].append(asyncio.run(run_closed_loop(urls[side], batch, c, on_done=done)))
             after = snapshot(roots)[side]
-            for role in after:
-                cpu[side][role] = cpu[side].get(role, 0.0) + after[role] - before[role]
+            cpu[side].append({role: after[role] - before[role] for role in after})
     out = compare(runs)
-    for side in SIDES:  # CPU milliseconds per generated token, by process role, over every round of the side
-        tokens_out = out[side]["output_tokens"]
-        out[side]["cpu_ms_per_token"] = {
-            role: round(s * 1000 / tokens_out, 3) for role, s in cpu[side].items() if s > 0 and tokens_out
-        }
+    out["rounds"] = round_intervals(runs, cpu)
     return out
+
+
+def _ci(x: dict[str, float] | None, scale: float = 1.0, spec: str = ".2f") -> str:
+    """``mean (lo–hi)`` of an interval's JSON, or a dash."""
+    if not x:
+        return "–"
+    return f"{x['mean'] * scale:{spec}} ({x['lo'] * scale:{spec}}–{x['hi'] * scale:{spec}})"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -126,11 +159,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cs = list(results["by_concurrency"])
+    ratios = [results["by_concurrency"][c]["rounds"]["throughput_ratio"] for c in cs]
     cells = [results["by_concurrency"][c] for c in cs]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.bar(cs, [x["throughput_ratio"] or 0 for x in cells], color="tab:blue")
+    means = [r["mean"] if r else 0 for r in ratios]
+    errs = [
+        [m - (r["lo"] if r else 0) for m, r in zip(means, ratios, strict=True)],
+        [(r["hi"] if r else 0) - m for m, r in zip(means, ratios, strict=True)],
+    ]
+    ax1.bar(cs, means, yerr=errs, capsize=4, color="tab:blue")
     ax1.axhline(0.97, color="tab:red", linestyle="--", label="goal 0.97")
-    ax1.set_title("dflash-serve / bare vLLM throughput")
+    ax1.set_title("dflash-serve / bare vLLM throughput (95% CI over rounds)")
     ax1.set_xlabel("concurrency")
     ax1.legend()
     xs = range(len(cs))
@@ -151,21 +190,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def cpu_report(results: dict[str, Any]) -> str:
-    """CPU milliseconds per generated token by process role, bare vLLM and ours side by side."""
+    """CPU milliseconds per generated token by process role (mean, 95% CI over rounds), both sides."""
     lines = ["| c | process | bare vLLM ms/token | dflash-serve ms/token |", "|---|---|---|---|"]
     for c, x in results["by_concurrency"].items():
-        a, b = x["vllm"].get("cpu_ms_per_token", {}), x["dflash_serve"].get("cpu_ms_per_token", {})
+        a, b = x["rounds"]["vllm"]["cpu_ms_per_token"], x["rounds"]["dflash_serve"]["cpu_ms_per_token"]
         for role in ROLES:
             if role in a or role in b:
-                lines.append(f"| {c} | {role} | {a.get(role, '–')} | {b.get(role, '–')} |")
-        lines.append(f"| {c} | **total** | {sum(a.values()):.3f} | {sum(b.values()):.3f} |")
-    return "\n".join(lines) + "\n"
+                lines.append(f"| {c} | {role} | {_ci(a.get(role))} | {_ci(b.get(role))} |")
+        total_a, total_b = (sum(v["mean"] for v in side.values()) for side in (a, b))
+        lines.append(f"| {c} | **total (means)** | {total_a:.2f} | {total_b:.2f} |")
+    return "\n".join(lines)
 
 
 def report(results: dict[str, Any]) -> str:
+    """Throughput, its ratio (95% CI over round pairs), added latencies, and SSE chunks per request."""
     lines = [
-        "| c | tok/s vLLM | tok/s ours | ratio | TTFT p50 vLLM | added TTFT p50 | added TTFT p99 "
-        "| added ITL p50 | added ITL p99 |",
+        "| c | tok/s vLLM | tok/s ours | ratio (95% CI) | TTFT p50 vLLM | added TTFT p50 | added TTFT p99 "
+        "| added ITL p50 | chunks/request vLLM · ours |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -174,13 +215,71 @@ def report(results: dict[str, Any]) -> str:
 
     for c, x in results["by_concurrency"].items():
         ttft = x["vllm"]["ttft_p50_s"]
+        rounds = x["rounds"]
         lines.append(
             f"| {c} | {f(x['vllm']['tokens_per_s'])} | {f(x['dflash_serve']['tokens_per_s'])} "
-            f"| {f(x['throughput_ratio'], '.3f')} | {f(ttft * 1000 if ttft else None)} ms "
-            f"| {f(x['added_ttft_p50_ms'])} ms | {f(x['added_ttft_p99_ms'])} ms "
-            f"| {f(x['added_itl_p50_ms'])} ms | {f(x['added_itl_p99_ms'])} ms |"
+            f"| {_ci(rounds['throughput_ratio'], spec='.3f')} | {f(ttft * 1000 if ttft else None)} ms "
+            f"| {f(x['added_ttft_p50_ms'])} ms | {f(x['added_ttft_p99_ms'])} ms | {f(x['added_itl_p50_ms'])} ms "
+            f"| {f(rounds['vllm']['chunks_per_request'])} · {f(rounds['dflash_serve']['chunks_per_request'])} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
+
+
+def speedup_report(dflash: dict[str, Any], ar: dict[str, Any]) -> str:
+    """DFlash over AR throughput on each side, from two runs of this harness (pooled rounds)."""
+    lines = [
+        "| c | DFlash/AR, bare vLLM | DFlash/AR, dflash-serve | ours / bare |",
+        "|---|---|---|---|",
+    ]
+    for c in dflash["by_concurrency"]:
+        if c not in ar["by_concurrency"]:
+            continue
+        d, a = dflash["by_concurrency"][c], ar["by_concurrency"][c]
+        bare = d["vllm"]["tokens_per_s"] / a["vllm"]["tokens_per_s"]
+        ours = d["dflash_serve"]["tokens_per_s"] / a["dflash_serve"]["tokens_per_s"]
+        lines.append(f"| {c} | {bare:.2f}× | {ours:.2f}× | {ours / bare:.3f} |")
+    return "\n".join(lines)
+
+
+def write_docs(result_dir: Path) -> None:
+    """Each run's tables into docs/benchmarks.md (one marker pair per result file), and the speedup table."""
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted(result_dir.glob("overhead*.json"))}
+    for name, results in runs.items():
+        text = (
+            f"Source: `docs/results/{name}.json` ({results['label']}).\n\n"
+            + report(results)
+            + "\n\nCPU per generated token by process:\n\n"
+            + cpu_report(results)
+        )
+        replace_between(DOC, f"<!-- {name}:begin -->", f"<!-- {name}:end -->", text)
+    if "overhead" in runs and "overhead_ar" in runs:
+        text = "Source: `docs/results/overhead.json` and `overhead_ar.json`.\n\n" + speedup_report(
+            runs["overhead"], runs["overhead_ar"]
+        )
+        replace_between(DOC, "<!-- overhead-speedup:begin -->", "<!-- overhead-speedup:end -->", text)
+
+
+def one_replica(config_path: str, name: str) -> AppConfig:
+    """The config's first model alone, on one replica, with local paths: the app a bare ``vllm serve`` faces.
+
+    Bare vLLM queues every request until it is served; so does this app (admission waits as long as a
+    request may take), or a slow machine's c=32 would compare 503s from our queue timeout with answers.
+    """
+    from serve_app.build import localize
+    from tools.demo_pair import ensure_demo_pair
+
+    ensure_demo_pair()
+    base = AppConfig.from_yaml(config_path)
+    model = localize(base.models[0])
+    one = model.replicas.model_copy(update={"min_replicas": 1, "max_replicas": 1, "initial_replicas": None})
+    admission = base.ingress.admission.model_copy(update={"queue_timeout_s": base.ingress.request_timeout_s})
+    return base.model_copy(
+        update={
+            "name": name,
+            "models": [model.model_copy(update={"replicas": one})],
+            "ingress": base.ingress.model_copy(update={"admission": admission}),
+        }
+    )
 
 
 def main() -> None:
@@ -191,7 +290,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=0, help="requests per round (default: max(8, c))")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="c=1,4, 2 rounds, 32 tokens")
-    parser.add_argument("--out", type=Path, default=RESULTS / "overhead")
+    parser.add_argument("--ar", action="store_true", help="serve the target alone (no drafter) on both sides")
+    parser.add_argument("--transport", choices=("ray", "grpc"), help="override ingress.engine_transport")
+    parser.add_argument("--out", type=Path, help="result path without suffix (default docs/results/overhead[_ar])")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the docs tables from the result files")
     parser.add_argument("--vllm-gpu", default=None, help="GPU node: the bare vLLM side's GPU (e.g. 1)")
     parser.add_argument("--serve-gpus", default=None, help="GPU node: the GPUs Ray may give our replica (e.g. 0)")
     args = parser.parse_args()
@@ -199,36 +301,32 @@ def main() -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.serve_gpus
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from config import AppConfig
-    from serve_app.build import localize
-    from tools.demo_pair import ensure_demo_pair
+    if args.report_only:
+        write_docs(RESULTS)
+        return
     from tools.ports import free_port
     from tools.serve import serving
 
     if args.quick:
         args.concurrency, args.rounds, args.max_tokens = "1,4", 2, 32
-    ensure_demo_pair()
-    base = AppConfig.from_yaml(args.config)
-    model = localize(base.models[0])
-    one = model.replicas.model_copy(update={"min_replicas": 1, "max_replicas": 1, "initial_replicas": None})
-    # Bare vLLM queues every request until it is served; so does our side here (admission waits as long as
-    # a request may take), or a slow machine's c=32 would compare 503s from our queue timeout with answers.
-    admission = base.ingress.admission.model_copy(update={"queue_timeout_s": base.ingress.request_timeout_s})
-    config = base.model_copy(
-        update={
-            "name": "bench-overhead",
-            "models": [model.model_copy(update={"replicas": one})],
-            "ingress": base.ingress.model_copy(update={"admission": admission}),
-        }
-    )
+    args.out = args.out or RESULTS / ("overhead_ar" if args.ar else "overhead")
+    config = one_replica(args.config, "bench-overhead")
+    if args.ar:
+        config = config.model_copy(update={"models": [config.models[0].model_copy(update={"speculative": None})]})
+    if args.transport:
+        ingress = config.ingress.model_copy(update={"engine_transport": args.transport})
+        config = config.model_copy(update={"ingress": ingress})
+    model = config.models[0]
     prompts = load_prompts("gsm8k")
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     vllm_port = free_port()
-    proc = start_vllm(model, vllm_port, args.out.with_suffix(".vllm.log"), args.vllm_gpu)
+    log = REPO / "bench" / "results" / f"{args.out.name}.vllm.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = start_vllm(model, vllm_port, log, args.vllm_gpu)
     results: dict[str, Any] = {
         "label": f"{model.id} (speculative={model.speculative is not None}) on {describe_machine()}, "
-        f"max_tokens={args.max_tokens}",
+        f"max_tokens={args.max_tokens}, engine_transport={config.ingress.engine_transport}, {args.rounds} rounds",
         "anchor": RAY_SERVE_LLM_ANCHOR,
         "by_concurrency": {},
     }
@@ -253,7 +351,9 @@ def main() -> None:
         stop(proc)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     plot(results, args.out.with_suffix(".png"))
-    print("\n" + results["label"] + "\n\n" + report(results) + "\n" + cpu_report(results))
+    print("\n" + results["label"] + "\n\n" + report(results) + "\n\n" + cpu_report(results))
+    if args.out.parent == RESULTS:
+        write_docs(RESULTS)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
 
 

@@ -36,8 +36,8 @@ def role_of(title: str, bare_vllm_pids: frozenset[int] = frozenset(), pid: int =
     return None
 
 
-def snapshot(roots: dict[str, int]) -> dict[str, dict[str, float]]:
-    """Per side (``roots``: side -> root pid), CPU seconds by role; a side is its root and its descendants.
+def _sides(roots: dict[str, int]) -> dict[str, list[tuple[str, psutil.Process]]]:
+    """Per side (``roots``: side -> root pid), its processes on the serving path with their roles.
 
     Sides are taken in order and a process belongs to the first side whose tree holds it, so a root that
     is this process (which started Ray, and also started ``vllm serve``) comes last. This process itself
@@ -45,26 +45,42 @@ def snapshot(roots: dict[str, int]) -> dict[str, dict[str, float]]:
     """
     me = psutil.Process().pid
     claimed: set[int] = {me}
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, list[tuple[str, psutil.Process]]] = {}
     for side, root_pid in roots.items():
-        totals = dict.fromkeys(ROLES, 0.0)
         try:
             root = psutil.Process(root_pid)
             procs = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             procs = []
         bare = frozenset({root_pid}) if root_pid != me else frozenset()
+        out[side] = []
         for p in procs:
             if p.pid in claimed:
                 continue
             claimed.add(p.pid)
-            role = role_of(_cmdline(p), bare, p.pid)
-            if role is None:
-                continue
+            if (role := role_of(_cmdline(p), bare, p.pid)) is not None:
+                out[side].append((role, p))
+    return out
+
+
+def snapshot(roots: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Per side (``roots``: side -> root pid), CPU seconds by role; a side is its root and its descendants."""
+    out: dict[str, dict[str, float]] = {}
+    for side, procs in _sides(roots).items():
+        totals = dict.fromkeys(ROLES, 0.0)
+        for role, p in procs:
             try:
                 t = p.cpu_times()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             totals[role] += t.user + t.system
         out[side] = totals
+    return out
+
+
+def pids_by_role(root_pid: int) -> dict[str, list[int]]:
+    """The pids of each role under ``root_pid`` (this process's own tree for our stack), for a profiler."""
+    out: dict[str, list[int]] = {}
+    for role, p in _sides({"": root_pid})[""]:
+        out.setdefault(role, []).append(p.pid)
     return out

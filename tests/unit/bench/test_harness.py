@@ -187,3 +187,53 @@ def test_overhead_pools_rounds_and_subtracts_latencies():
     assert out["throughput_ratio"] == pytest.approx((200 / 2.5) / (200 / 2.0))
     assert out["added_ttft_p50_ms"] == pytest.approx(4.0)  # medians 24 ms vs 20 ms
     assert out["added_itl_p50_ms"] == pytest.approx(0.0)
+
+
+def test_overhead_intervals_come_from_each_rounds_pair_and_each_rounds_cpu():
+    from bench.overhead import round_intervals
+
+    def run(tokens: int, wall: float, chunks: int) -> RunResult:
+        gaps = [0.01] * (chunks - 1)
+        return RunResult(1, wall, [RequestResult(ttft_s=0.02, latency_s=wall, output_tokens=tokens, itl_s=gaps)])
+
+    runs = {
+        "vllm": [run(100, 1.0, 100), run(100, 2.0, 100)],
+        "dflash_serve": [run(100, 2.0, 40), run(100, 2.0, 50)],
+    }
+    cpu = {
+        "vllm": [{"engine_core": 1.0}, {"engine_core": 3.0}],
+        "dflash_serve": [{"ingress": 0.1, "engine_core": 2.0}, {"ingress": 0.3, "engine_core": 0.0}],
+    }
+    out = round_intervals(runs, cpu)
+    assert out["throughput_ratio"]["mean"] == pytest.approx((0.5 + 1.0) / 2)  # per pair, not pooled (0.667)
+    assert out["throughput_ratio"]["lo"] < 0.5 and out["throughput_ratio"]["hi"] > 1.0
+    assert out["vllm"]["cpu_ms_per_token"]["engine_core"]["mean"] == pytest.approx(20.0)  # 10 and 30 ms/token
+    assert out["dflash_serve"]["cpu_ms_per_token"]["ingress"]["mean"] == pytest.approx(2.0)
+    assert "ingress" not in out["vllm"]["cpu_ms_per_token"]
+    assert out["dflash_serve"]["chunks_per_request"] == pytest.approx(45.0)
+
+
+def test_the_dflash_speedup_through_each_side_comes_from_two_runs():
+    from bench.overhead import speedup_report
+
+    def side(tps: float) -> dict[str, float]:
+        return {"tokens_per_s": tps}
+
+    dflash = {"by_concurrency": {"1": {"vllm": side(30.0), "dflash_serve": side(27.0)}}}
+    ar = {"by_concurrency": {"1": {"vllm": side(10.0), "dflash_serve": side(10.0)}}}
+    row = speedup_report(dflash, ar).splitlines()[-1]
+    assert row == "| 1 | 3.00× | 2.70× | 0.900 |"
+
+
+def test_flame_shares_go_to_the_package_of_each_samples_innermost_frame():
+    from bench.flame import package_of, self_shares
+
+    assert package_of("relay (/x/deployments/ingress/dispatch.py:10)") == "ours"
+    assert package_of("run (/site-packages/ray/serve/_private/replica.py:4)") == "ray serve"
+    assert package_of("get (/site-packages/ray/_private/worker.py:4)") == "ray core"
+    assert package_of("<native>") == "other"
+    raw = (
+        "main (a/ray/_private/worker.py:1);relay (x/deployments/ingress/dispatch.py:9) 3\n"
+        "main (a/ray/_private/worker.py:1) 1\n"
+    )
+    assert self_shares(raw) == (4, {"ours": 0.75, "ray core": 0.25})

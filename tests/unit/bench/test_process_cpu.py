@@ -38,3 +38,14 @@ def test_a_snapshot_counts_a_busy_child_once_in_its_own_side():
     finally:
         child.kill()
         child.wait()
+
+
+def test_pids_by_role_finds_a_child_by_the_title_it_gives_itself():
+    from bench.process_cpu import pids_by_role
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "ray::ServeReplica:app:Ingress"])
+    try:
+        assert pids_by_role(os.getpid()).get("ingress") == [child.pid]
+    finally:
+        child.kill()
+        child.wait()
