@@ -12,7 +12,7 @@ small admission limit; then, one after another, under closed-loop load (bench.ch
   count back to 0 within 1 s;
 * ``overload burst`` — three times what admission takes, at once.
 
-Writes bench/results/chaos.json, bench/results/chaos.png and the table between the chaos markers of
+Writes docs/results/chaos.json, docs/results/chaos.png and the table between the chaos markers of
 docs/reliability.md.
 """
 
@@ -42,7 +42,7 @@ from tools.ports import free_port
 from tools.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
+RESULTS = REPO / "docs" / "results"
 DOC = REPO / "docs" / "reliability.md"
 BEGIN, END = "<!-- chaos:begin -->", "<!-- chaos:end -->"
 IN_FLIGHT, QUEUED = 6, 6
@@ -241,9 +241,17 @@ def plot(results: list[FaultResult], path: Path) -> None:
 
 def write(results: list[FaultResult]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "chaos.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    run = {"date": time.strftime("%Y-%m-%d"), "machine": describe_machine(), "faults": [asdict(r) for r in results]}
+    (RESULTS / "chaos.json").write_text(json.dumps(run, indent=2) + "\n")
     plot(results, RESULTS / "chaos.png")
-    table = f"Run {time.strftime('%Y-%m-%d')} on {describe_machine()}:\n\n{markdown(results)}"
+    report()
+
+
+def report() -> None:
+    """The docs table from the committed result file (``make chaos`` rewrites both)."""
+    run = json.loads((RESULTS / "chaos.json").read_text())
+    results = [FaultResult(**r) for r in run["faults"]]
+    table = f"Run {run['date']} on {run['machine']} (`docs/results/chaos.json`):\n\n{markdown(results)}"
     replace_between(DOC, BEGIN, END, table)
     print(table)
 
@@ -251,7 +259,11 @@ def write(results: list[FaultResult]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15, help="load time around each fault")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the docs table from the result file")
     opts = parser.parse_args()
+    if opts.report_only:
+        report()
+        return
     from tools.serve import serving
 
     os.chdir(REPO)
