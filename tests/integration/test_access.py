@@ -228,3 +228,44 @@ def test_a_redis_with_a_password_is_reached_through_the_password_file(tmp_path, 
         assert _status(Access(auth, server.url, APP), key) == 503  # no password: Redis refuses, fail closed
     finally:
         server.stop()
+
+
+def test_a_blackholed_redis_under_concurrent_load_answers_every_request_and_then_stops_trying():
+    """SIGSTOP with 32 checks in flight at once: each gets its answer (fail-closed 503) after at most one
+    client timeout, none hangs, and the 32 that come next never touch Redis (the breaker opened)."""
+    server = RedisServer()
+    server.start()
+    static = "sk-static"
+    auth = AuthConfig(
+        api_key_sha256=[hashlib.sha256(static.encode()).hexdigest()],
+        rate_limit_per_s=1000,
+        rate_limit_burst=1000,
+        redis_timeout_s=0.25,
+        redis_breaker_failures=3,
+        redis_breaker_open_s=600,
+    )
+    access = _fresh(auth, server.url)
+
+    async def burst() -> list[int]:
+        async def one() -> int:
+            try:
+                await asyncio.wait_for(access.check(f"Bearer {static}"), timeout=30)  # a hang fails the test
+            except ApiError as err:
+                return err.status
+            return 200
+
+        return list(await asyncio.gather(*(one() for _ in range(32))))
+
+    try:
+        assert _run(burst()) == [200] * 32  # Redis answering: every rate-limit check passes
+        server.pause()
+        try:
+            assert _run(burst()) == [503] * 32  # each waited one timeout at most, fail closed
+            assert access.breaker.state == "open"
+            rejected = access.breaker.rejected
+            assert _run(burst()) == [503] * 32
+            assert access.breaker.rejected == rejected + 32  # none of these tried Redis
+        finally:
+            server.resume()
+    finally:
+        server.stop()
