@@ -220,6 +220,11 @@ class IngressConfig(Strict):
     limits: RequestLimits = Field(default_factory=RequestLimits)
     media: MediaConfig = Field(default_factory=MediaConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    engine_transport: Literal["ray", "grpc"] = Field(
+        "ray",
+        description="How the ingress's calls reach engine replicas: Ray's object streaming (`ray`) or Serve's "
+        "inter-deployment gRPC (`grpc`, `_by_reference=False`); bench/overhead.py compares them.",
+    )
     dispatch_retries: int = Field(
         2,
         ge=0,

@@ -106,6 +106,7 @@ class Dispatcher:
         self._timeout = ingress.request_timeout_s
         self._idle_timeout = ingress.stream_idle_timeout_s
         self._retries = ingress.dispatch_retries
+        self._by_reference = ingress.engine_transport == "ray"
         self._metrics = metrics
 
     async def dispatch(self, ctx: RequestContext, req: Any, hint: RoutingHint) -> Response:
@@ -136,7 +137,7 @@ class Dispatcher:
         self, ctx: RequestContext, req: Any, hint: RoutingHint
     ) -> tuple[DeploymentResponseGenerator, tuple[str, int, Any]]:
         """The engine call's generator and its first reply; a replica's death before it is retried."""
-        handle = self._engines[ctx.model_id].options(stream=True)
+        handle = self._engines[ctx.model_id].options(stream=True, _by_reference=self._by_reference)
         attempt = 0
         while True:
             gen: DeploymentResponseGenerator = getattr(handle, ctx.kind).remote(req, routing=hint)

@@ -68,10 +68,12 @@ class _Handle:
     def __init__(self, *gens: _Gen) -> None:
         self._gens = list(gens)
         self.calls: list[tuple[Any, RoutingHint]] = []
+        self.by_reference: list[bool] = []
         self.completions = SimpleNamespace(remote=self._remote)
 
-    def options(self, stream: bool) -> _Handle:
+    def options(self, stream: bool, _by_reference: bool) -> _Handle:
         assert stream
+        self.by_reference.append(_by_reference)
         return self
 
     def _remote(self, req: Any, routing: RoutingHint) -> _Gen:
@@ -131,6 +133,13 @@ def test_a_json_reply_is_the_response_and_its_first_byte_is_observed():
     assert handle.calls == [("req", RoutingHint(token_ids=(1, 2)))]
     labels = {"model": "m", "endpoint": "/v1/completions"}
     assert _sample(metrics, "dflash_serve_time_to_first_byte_seconds_count", **labels) == 1
+
+
+@pytest.mark.parametrize(("transport", "by_reference"), [("ray", True), ("grpc", False)])
+def test_the_engine_transport_picks_serves_handle_option(transport: str, by_reference: bool):
+    handle = _Handle(_Gen(("json", 200, BODY)))
+    _run(handle, engine_transport=transport)
+    assert handle.by_reference == [by_reference]  # Ray's object streaming, or Serve's inter-deployment gRPC
 
 
 def test_an_engine_error_is_reshaped_as_an_api_error():
