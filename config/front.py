@@ -221,9 +221,10 @@ class IngressConfig(Strict):
     media: MediaConfig = Field(default_factory=MediaConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     engine_transport: Literal["ray", "grpc"] = Field(
-        "ray",
-        description="How the ingress's calls reach engine replicas: Ray's object streaming (`ray`) or Serve's "
-        "inter-deployment gRPC (`grpc`, `_by_reference=False`); bench/overhead.py compares them.",
+        "grpc",
+        description="How the ingress's calls reach engine replicas: Serve's inter-deployment gRPC (`grpc`, "
+        "`_by_reference=False`) or Ray's object streaming (`ray`). gRPC costs the ingress and the engine replica "
+        "13-40% less CPU per streamed chunk (docs/benchmarks.md, bench/overhead.py --transport).",
     )
     dispatch_retries: int = Field(
         2,
