@@ -143,7 +143,7 @@ class Chaos:
             target = max(replicas, key=lambda r: r["report"].ongoing_requests)
             victim.update(target)
             os.kill(target["pid"], signal.SIGKILL)  # its engine processes die with it (Ray kills the group)
-            return f"killed replica pid {target['pid']} with {target['stats']['ongoing_requests']:.0f} in flight"
+            return f"killed replica pid {target['pid']} with {target['report'].ongoing_requests} in flight"
 
         result = await self._measured("engine replica SIGKILL", kill)
         t0 = time.monotonic()
