@@ -91,15 +91,16 @@ def round_intervals(runs: dict[str, list[RunResult]], cpu: dict[str, list[dict[s
     """Intervals over rounds (95%, Student's t): throughput ratio of each round's pair, each side's CPU
     milliseconds per generated token by role, and SSE chunks per request (one per engine step when no hop
     splits or merges them)."""
+    summaries = {side: [r.summary() for r in rs] for side, rs in runs.items()}  # each sorts its latencies: once
     ratios = [
-        b.summary()["tokens_per_s"] / a.summary()["tokens_per_s"]
-        for a, b in zip(runs["vllm"], runs["dflash_serve"], strict=True)
-        if a.summary()["tokens_per_s"]
+        b["tokens_per_s"] / a["tokens_per_s"]
+        for a, b in zip(summaries["vllm"], summaries["dflash_serve"], strict=True)
+        if a["tokens_per_s"]
     ]
     out: dict[str, Any] = {"throughput_ratio": interval(ratios).to_json() if ratios else None}
     for side, rs in runs.items():
         roles = {role for c in cpu[side] for role, s in c.items() if s > 0}
-        tokens = [r.summary()["output_tokens"] for r in rs]
+        tokens = [x["output_tokens"] for x in summaries[side]]
         ok = [q for r in rs for q in r.requests if q.error is None]
         out[side] = {
             "cpu_ms_per_token": {
