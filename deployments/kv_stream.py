@@ -26,7 +26,7 @@ import redis
 import redis.asyncio as aioredis
 
 from config import KvStreamSettings
-from deployments.circuit_breaker import BreakerState, CircuitBreaker
+from deployments.circuit_breaker import CircuitBreaker, CircuitOpen
 from deployments.error_kind import error_kind
 from deployments.redis_auth import redis_password
 from routing.events import KvEvent, ReplicaSnapshot, decode, encode
@@ -144,30 +144,28 @@ class StreamFollower:
         Called once per routed request, never awaited by it; at most ``_PUBLISH_IN_FLIGHT`` at once, and
         not at all while the breaker is open after consecutive failures (a blackholed Redis).
         """
-        if (
-            not self.connected
-            or self._redis is None
-            or self._publishing >= _PUBLISH_IN_FLIGHT
-            or not self.breaker.allow()
-        ):
+        if not self.connected or self._redis is None or self._publishing >= _PUBLISH_IN_FLIGHT:
             self.not_shared += 1
             return
+        client = self._redis
+        record = {"e": encode(event), "src": "router"}
         self._publishing += 1
         try:
-            await self._redis.xadd(
-                self._keys.stream, {"e": encode(event), "src": "router"}, maxlen=self._keys.maxlen, approximate=True
+            await self.breaker.guard(
+                lambda: client.xadd(self._keys.stream, record, maxlen=self._keys.maxlen, approximate=True),
+                (redis.RedisError, OSError),
+                self._log_opened,
             )
-        except asyncio.CancelledError:
-            self.breaker.abandon()
-            raise
-        except (redis.RedisError, OSError) as exc:
-            was_closed = self.breaker.state is BreakerState.CLOSED
-            if self.breaker.failure() and was_closed:  # once per opening, not per record in flight
-                logger.warning("routing records not shared for %g s: %s", _BREAKER_OPEN_S, error_kind(exc))
-        else:
-            self.breaker.success()
+        except CircuitOpen:
+            self.not_shared += 1
+        except (redis.RedisError, OSError):
+            pass  # counted by the breaker; logged once when it opened
         finally:
             self._publishing -= 1
+
+    @staticmethod
+    def _log_opened(exc: BaseException) -> None:
+        logger.warning("routing records not shared for %g s: %s", _BREAKER_OPEN_S, error_kind(exc))
 
     async def _run(self) -> None:
         failures = 0

@@ -34,7 +34,8 @@ import redis.asyncio as aioredis
 
 from config import AuthConfig
 from contracts.redis_keys import RedisKeys
-from deployments.circuit_breaker import CircuitBreaker
+from deployments.circuit_breaker import CircuitBreaker, CircuitOpen
+from deployments.error_kind import error_kind
 from deployments.ingress import api_keys
 from deployments.ingress.errors import ApiError
 from deployments.ingress.rate_limit import TokenBucket
@@ -46,8 +47,8 @@ _CACHE_ENTRIES = 10_000
 T = TypeVar("T")
 
 
-class RedisCircuitOpen(redis.ConnectionError):
-    """Redis was not tried: the breaker is open after consecutive failures."""
+# What "Redis is unavailable" looks like to the callers of ``_guarded``.
+_UNAVAILABLE = (redis.RedisError, CircuitOpen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,7 @@ class Access:
         _, bucket = self._redis()
         try:
             wait_s = await self._guarded(lambda: bucket.take(self._keys.rate_bucket(key_digest), rate, burst))
-        except redis.RedisError as exc:
+        except _UNAVAILABLE as exc:
             self._redis_unavailable(exc, key_digest)
             return caller
         if wait_s is not None:
@@ -183,7 +184,7 @@ class Access:
             wait_s = await self._guarded(
                 lambda: bucket.take(budget.bucket_key, budget.tokens_per_s, budget.burst, tokens)
             )
-        except redis.RedisError as exc:
+        except _UNAVAILABLE as exc:
             self._redis_unavailable(exc, caller.key_digest or "")
             return None
         if wait_s is not None:
@@ -201,8 +202,8 @@ class Access:
         _, bucket = self._redis()
         try:
             await self._guarded(lambda: bucket.give_back(budget.bucket_key, budget.tokens_per_s, budget.burst, tokens))
-        except redis.RedisError as exc:
-            logger.info("token budget refund of %d not taken: %r", tokens, exc)
+        except _UNAVAILABLE as exc:
+            logger.info("token budget refund of %d not taken: %s", tokens, error_kind(exc))
 
     async def _redis_record(self, key_digest: str) -> api_keys.KeyRecord:
         if not self._auth.redis_keys:
@@ -213,7 +214,7 @@ class Access:
         client, _ = self._redis()
         try:
             fields = await self._guarded(lambda: client.hgetall(self._keys.api_key_prefix + key_digest))
-        except redis.RedisError as exc:
+        except _UNAVAILABLE as exc:
             self._redis_unavailable(exc, key_digest)
             # Fail-open still refuses a key it has never seen, or has not seen in Redis for too long.
             if cached is None or time.monotonic() - cached[0] > self._auth.fail_open_key_max_age_s:
@@ -230,31 +231,25 @@ class Access:
         return record
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
-        """``call()`` through the breaker: refused at once (:class:`RedisCircuitOpen`) while it is open."""
-        if not self.breaker.allow():
-            raise RedisCircuitOpen("redis not tried: circuit open")
-        try:
-            result = await call()
-        except redis.RedisError as exc:
-            if self.breaker.failure():
-                logger.warning(
-                    "redis failing (%r): not tried for %.0f s (on_redis_error=%s)",
-                    exc,
-                    self._auth.redis_breaker_open_s,
-                    self._auth.on_redis_error,
-                )
-            raise
-        except BaseException:  # cancelled (the client left) or a bug: no verdict on Redis either way
-            self.breaker.abandon()
-            raise
-        self.breaker.success()
-        return result
+        """``call()`` through the breaker: :class:`CircuitOpen` at once while it is open."""
+        return await self.breaker.guard(call, (redis.RedisError,), self._log_opened)
+
+    def _log_opened(self, exc: BaseException) -> None:
+        logger.warning(
+            "redis failing (%s): not tried for %.0f s (on_redis_error=%s)",
+            error_kind(exc),
+            self._auth.redis_breaker_open_s,
+            self._auth.on_redis_error,
+        )
 
     def _redis_unavailable(self, exc: Exception, key_digest: str) -> None:
         """Fail-closed raises 503; fail-open returns (the caller admits the request)."""
-        if not isinstance(exc, RedisCircuitOpen):  # an open breaker was logged when it opened
+        if not isinstance(exc, CircuitOpen):  # an open breaker was logged when it opened
             logger.warning(
-                "redis unreachable for key %s…: %r (on_redis_error=%s)", key_digest[:8], exc, self._auth.on_redis_error
+                "redis unreachable for key %s…: %s (on_redis_error=%s)",
+                key_digest[:8],
+                error_kind(exc),
+                self._auth.on_redis_error,
             )
         if self._auth.on_redis_error == "closed":
             raise ApiError(
