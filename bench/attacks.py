@@ -147,6 +147,8 @@ def attacks(base_url: str, model: str, key: str, internal_url: str) -> list[Atta
         Attack("3,001-message chat (quadratic template)", 400, "too_many_messages", post(_chat(model, messages=many))),
         Attack("201-message chat (fills the context; rendered off the loop)", 200, None,
                post(_chat(model, messages=[*many[:200], {"role": "user", "content": "and?"}]))),
+        Attack("5 MiB of text in one message (under the body limit)", 400, "text_too_long",
+               post(_chat(model, messages=[{"role": "user", "content": "word " * (1 << 20)}]))),
         Attack("client chat_template (Jinja on our hosts)", 400, "chat_template_not_allowed",
                post(_chat(model, chat_template="{% for i in range(10**9) %}x{% endfor %}"))),
         Attack("tokenizer kwargs via chat_template_kwargs", 200, None,

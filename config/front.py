@@ -142,6 +142,13 @@ class RequestLimits(Strict):
     allow_beam_search: bool = Field(
         False, description="Whether `use_beam_search` is accepted (it runs `n` beams per prompt on the engine)."
     )
+    max_text_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="Most UTF-8 bytes of text (messages, tools, prompts; media parts apart) in one request: "
+        "what the ingress renders and tokenizes for routing and the engine again. The default is 16 bytes a "
+        "token over a 262,144-token context (English text averages about 4).",
+    )
 
 
 class MediaConfig(Strict):

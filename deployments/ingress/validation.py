@@ -305,10 +305,27 @@ def token_bound(body: dict[str, Any], req: Any, max_model_len: int, media: Media
     What a key's token budget reserves up front; the engine's usage settles it when the request ends.
     """
     messages = body.get("messages") or []
-    prompt = _text_bytes(messages) + MESSAGE_TEMPLATE_TOKENS * (len(messages) + 1)
+    prompt = text_bytes(body) + MESSAGE_TEMPLATE_TOKENS * (len(messages) + 1)
     prompt += media.tokens_per_item * _media_parts(messages)
-    prompt += _text_bytes(body.get("tools")) + _text_bytes(body.get("prompt"))
     return prompt + output_tokens(req, max_model_len)
+
+
+def text_bytes(body: dict[str, Any]) -> int:
+    """The text a request's prompt is made of, in UTF-8 bytes (a token id counts one): its messages, tools
+    and completion prompts, media parts left out."""
+    return _text_bytes(body.get("messages")) + _text_bytes(body.get("tools")) + _text_bytes(body.get("prompt"))
+
+
+def check_text_bytes(body: dict[str, Any], limits: RequestLimits) -> None:
+    """The request's text against ``limits.max_text_bytes``, before anything parses or renders it."""
+    size = text_bytes(body)
+    if size > limits.max_text_bytes:
+        raise ApiError(
+            400,
+            f"This request carries {size} bytes of text, more than this endpoint's limit of {limits.max_text_bytes}.",
+            param="messages" if "messages" in body else "prompt",
+            code="text_too_long",
+        )
 
 
 def check_cost(req: Any, limits: RequestLimits, max_model_len: int) -> None:
@@ -362,8 +379,8 @@ def validated_request(
 
     A client's :data:`ENGINE_ONLY_FIELDS` are dropped first. A chat's messages are capped at
     ``max_messages`` and its template inputs checked against ``template_inputs``
-    (:func:`check_template_inputs`), its media against ``media`` (:func:`check_media`); the parsed
-    request's work is checked against ``limits`` (:func:`check_cost`).
+    (:func:`check_template_inputs`), its media against ``media`` (:func:`check_media`); any request's text
+    against ``limits`` (:func:`check_text_bytes`), and the parsed request's work too (:func:`check_cost`).
     """
     from pydantic import ValidationError
     from vllm.exceptions import VLLMClientError
@@ -375,6 +392,7 @@ def validated_request(
         check_messages(body.get("messages"), max_messages)
         check_media(body["messages"], media)
         check_template_inputs(body, template_inputs)
+    check_text_bytes(body, limits)
     try:
         req = parsed_request(kind, body)
     except ValidationError as exc:

@@ -386,11 +386,16 @@ def test_openai_client_sees_typed_errors(served: Served):
 
 @pytest.mark.parametrize(
     "name",
-    ["3,001-message chat (quadratic template)", "201-message chat (fills the context; rendered off the loop)"],
+    [
+        "3,001-message chat (quadratic template)",
+        "201-message chat (fills the context; rendered off the loop)",
+        "5 MiB of text in one message (under the body limit)",
+    ],
 )
 def test_an_unrelated_user_streams_while_a_hostile_chat_is_rendered(served: Served, name: str):
-    """make attacks' two chats that work the template renderer: the longest refused (400), the longest allowed
-    (rendered off the event loop) answered; meanwhile another user's stream gets its first chunk."""
+    """make attacks' chats that work the template renderer and the tokenizer: the longest and the largest
+    refused (400), the longest allowed (rendered off the event loop) answered; meanwhile another user's stream
+    gets its first chunk."""
     attack = next(a for a in attacks(served.base_url, DFLASH_MODEL, "unused", "http://127.0.0.1:9/") if a.name == name)
     outcome = asyncio.run(run_attack(served.base_url, attack, DFLASH_MODEL, "unused"))
     assert outcome.ok, outcome

@@ -313,3 +313,15 @@ def test_with_no_allowed_domains_only_data_urls_pass():
         400,
         "media_url_not_allowed",
     )
+
+
+def test_text_over_the_limit_is_400_before_parsing_for_chats_and_completions():
+    limits = LIMITS.model_copy(update={"max_text_bytes": 1024})
+    chat = {"model": "m", "messages": [{"role": "user", "content": "é" * 510}]}  # 1,020 bytes + the role: at it
+    assert _validated("chat", chat, limits=limits).messages
+    chat["messages"].append({"role": "user", "content": "x"})
+    assert _status(lambda: _validated("chat", chat, limits=limits)) == (400, "text_too_long")
+    batch = {"model": "m", "prompt": ["x" * 600, "y" * 600], "max_tokens": 1}  # counted over the batch
+    assert _status(lambda: _validated("completions", batch, limits=limits)) == (400, "text_too_long")
+    ids = {"model": "m", "prompt": list(range(1025)), "max_tokens": 1}  # a token id counts one
+    assert _status(lambda: _validated("completions", ids, limits=limits)) == (400, "text_too_long")
