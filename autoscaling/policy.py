@@ -187,9 +187,14 @@ class Decision:
     state: PolicyState
 
 
-# A replica missing its latency objective counts as at most this many replicas' worth of load: enough to
-# add capacity, not a multiplier (a TTFT of 30 s against 2 s is a queue, which the flow term sizes).
-LATENCY_FILL_CAP = 2.0
+# One replica counts as at most this many replicas' worth of load, whatever its signals say. A replica
+# missing its latency objective: enough to add capacity, not a multiplier (a TTFT of 30 s against 2 s is
+# a queue, which the flow term sizes). Its sequences: what waits on a replica is served by that replica
+# alone (Serve never moves a request), so new replicas help only new arrivals, which the flow term sizes;
+# Serve's router holds a replica at max_ongoing_requests (queue_headroom / target_fill = 2 target batches
+# by default), so past that, the waiting came in requests of many sequences (prompts x n): one 256-sequence
+# completions batch asked for 13 replicas before this cap (tests/unit/autoscaling).
+FILL_CAP = 2.0
 MIN_DELAY_SHARE = 0.5  # of downscale_delay_s, however large the excess (downscale_delay)
 FULL_ENOUGH = 0.75  # share of the target batch at which a replica's tokens/s measures its capacity
 CAPACITY_ALPHA = 0.1  # weight of each new capacity measurement
@@ -201,15 +206,15 @@ RATE_NOISE_REPLICAS = 0.25
 def replica_fill(s: ReplicaSignals, p: PolicyParams) -> tuple[float, str]:
     """How full one replica is (1.0: at target) and which signal says so."""
     terms = {
-        "sequences": (s.running + s.waiting) / p.target_batch,
+        "sequences": min(FILL_CAP, (s.running + s.waiting) / p.target_batch),
         "kv": s.kv_cache_usage / p.slo.kv_cache_target,
     }
     if s.running + s.waiting > 0:  # stale latency of an idle replica says nothing about its load
         # Latency first: a batch sized to the decode objective (slo_batch) ties its sequences term with the
         # latency that sized it, and the latency is what the operator should read as the reason.
         terms = {
-            "tpot": min(LATENCY_FILL_CAP, (s.tpot_p90_s or 0.0) / p.slo.tpot_p90_s),
-            "ttft": min(LATENCY_FILL_CAP, (s.ttft_p90_s or 0.0) / p.slo.ttft_p90_s),
+            "tpot": min(FILL_CAP, (s.tpot_p90_s or 0.0) / p.slo.tpot_p90_s),
+            "ttft": min(FILL_CAP, (s.ttft_p90_s or 0.0) / p.slo.ttft_p90_s),
         } | terms
     top = max(terms.values())
     signal = next(k for k, v in terms.items() if v >= top - _EPS)  # ties (to rounding) go to the first
@@ -426,7 +431,9 @@ def decide(
     # Every count below is in units of a batch a replica can run within the objective.
     p = replace(params, target_batch=slo_batch(replicas, params))
     needed, signal = load_needed(replicas, queued, ongoing, p)
-    demand = max(ongoing, queued + sum(s.running + s.waiting for s in replicas))
+    # A replica's backlog counts up to FILL_CAP batches here too: its growth is what the trend projects.
+    held = sum(min(s.running + s.waiting, FILL_CAP * p.target_batch) for s in replicas)
+    demand = max(ongoing, queued + held)
     state = _track(state, demand, sum(s.finished_per_s for s in replicas), now, p)
     # After a scale-down the remaining replicas run larger, slower batches, so the same arrivals hold
     # more requests in flight for a while: that growth is our own doing, not a surge.

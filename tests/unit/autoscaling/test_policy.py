@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from autoscaling.policy import (
+    FILL_CAP,
     MIN_DELAY_SHARE,
     PolicyParams,
     PolicyState,
@@ -82,6 +83,27 @@ def test_fill_is_the_largest_signal():
     assert replica_fill(_busy(8, kv_cache_usage=0.8), P) == (1.0, "kv")  # 8 long prompts: full
     assert replica_fill(_busy(8, ttft_p90_s=3.0), P) == (1.5, "ttft")
     assert replica_fill(_busy(8, tpot_p90_s=0.1), P) == (2.0, "tpot")
+
+
+def test_one_replica_counts_at_most_fill_cap_replicas():
+    # 256 sequences waiting on one replica (a 32-prompt x n 8 batch): only that replica can serve them.
+    assert replica_fill(_busy(48, waiting=208), P) == (FILL_CAP, "sequences")
+    assert replica_fill(_busy(8, ttft_p90_s=60.0), P) == (FILL_CAP, "ttft")
+
+
+def test_one_request_of_many_sequences_does_not_scale_the_fleet():
+    """The largest request the B300 config admits (32 prompts x n 8 = 256 sequences) lands on one replica
+    and holds it for minutes, its KV cache full and TTFT past the objective: at most the replicas a burst
+    of FILL_CAP batches of ordinary requests would get (FILL_CAP x max_lookahead_factor), not max_replicas.
+    Before the cap: 13 of 32."""
+    params = replace(P, max_replicas=32, target_batch=48)
+    held = _busy(64, waiting=192, kv_cache_usage=0.95, ttft_p90_s=30.0, tpot_p90_s=0.08, tokens_per_s=900.0)
+    state, target, peak = IDLE, 1, 1
+    for t in range(900):
+        fleet = [ReplicaSignals()] * target if t < 120 else [held] + [ReplicaSignals()] * (target - 1)
+        d = _tick(fleet, target, float(t), state, ongoing=0 if t < 120 else 1, params=params)
+        state, target, peak = d.state, d.replicas, max(peak, d.replicas)
+    assert 2 <= peak <= FILL_CAP * params.slo.max_lookahead_factor
 
 
 def test_latency_of_an_idle_replica_is_ignored():
