@@ -1,10 +1,14 @@
-"""The strict base of every config model, and the on/off switch spelling they share."""
+"""The strict base of every config model, and the spellings they share (on/off switches, hub commits)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+# A Hugging Face repository's commit: what a revision must be to pin anything. A branch or tag (``main``,
+# ``v1``) moves under a running fleet, so replicas started a week apart would serve different weights.
+HubCommit = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
 
 
 class Strict(BaseModel):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from config.base import Strict
+from config.base import HubCommit, Strict
 from vllm_plugins.draft_semantics import DraftSemanticsMode
 
 
@@ -15,6 +15,9 @@ class SpeculativeConfig(Strict):
 
     method: Literal["dflash"] = Field("dflash", description="Speculative method passed to vLLM.")
     draft_model: str = Field(description="Drafter source: Hugging Face id or local directory.")
+    draft_revision: HubCommit | None = Field(
+        None, description="The drafter's Hugging Face commit (40 hex digits); None: its main branch at download."
+    )
     num_speculative_tokens: int = Field(
         15,
         ge=1,

@@ -56,6 +56,8 @@ def speculative_config(model: ModelConfig) -> dict[str, Any] | None:
         "model": spec.draft_model,
         "num_speculative_tokens": spec.num_speculative_tokens,
     }
+    if spec.draft_revision:
+        out["revision"] = spec.draft_revision
     if spec.attention_backend:
         out["attention_backend"] = spec.attention_backend
     return out
@@ -69,6 +71,8 @@ def owned_options(model: ModelConfig, kv_events_config: dict[str, Any] | None = 
         "model": Owned("target", model.target),
         "served_model_name": Owned("id", model.id),
         "tokenizer": Owned("tokenizer", model.tokenizer or UNSET),
+        "revision": Owned("revision", model.revision or UNSET),
+        "tokenizer_revision": Owned("tokenizer_revision", model.tokenizer_revision or UNSET),
         "max_model_len": Owned("engine.max_model_len", eng.max_model_len),
         "max_num_seqs": Owned("engine.max_num_seqs", eng.max_num_seqs),
         "max_num_batched_tokens": Owned("engine.max_num_batched_tokens", eng.max_num_batched_tokens),

@@ -96,6 +96,14 @@ def build_from_config(config: AppConfig) -> Application:
     """
     config.auth.require_key_source()
     models = [localize(m) for m in config.effective_models()]
+    for m in models:
+        if unpinned := m.unpinned_sources():
+            logger.warning(
+                "model %r loads %s from the hub without a pinned commit: replicas started at different times may "
+                "serve different weights (set revision / tokenizer_revision / speculative.draft_revision)",
+                m.id,
+                ", ".join(unpinned),
+            )
     config = config.model_copy(update={"models": models, "speculative": True})
     engines = {}
     for m in models:

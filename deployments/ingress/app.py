@@ -128,7 +128,7 @@ class Ingress:
             }
         )
         self._created = int(time.time())
-        tokenizers = {m.id: load_tokenizer(m.tokenizer or m.target) for m in config.models}
+        tokenizers = {m.id: load_tokenizer(*m.tokenizer_source()) for m in config.models}
         self._template_inputs = {model_id: template_variables(tok) for model_id, tok in tokenizers.items()}
         self._tokenizers = {m.id: tokenizers[m.id] for m in config.models if m.routing.needs_tokens}
         # Rendering a chat template is CPU work that grows with the conversation: off the event loop, in

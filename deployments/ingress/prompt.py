@@ -38,11 +38,11 @@ class RenderedPrompt:
     exact: bool
 
 
-def load_tokenizer(source: str) -> Any:
-    """The model's tokenizer, loaded the way vLLM loads it (so both render the same ids)."""
+def load_tokenizer(source: str, revision: str | None = None) -> Any:
+    """The model's tokenizer at ``revision``, loaded the way vLLM loads it (so both render the same ids)."""
     from vllm.tokenizers import get_tokenizer
 
-    return get_tokenizer(source)
+    return get_tokenizer(source, revision=revision)
 
 
 def template_variables(tokenizer: Any) -> frozenset[str]:

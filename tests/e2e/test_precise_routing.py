@@ -69,7 +69,7 @@ def _serving_replica(before: dict, after: dict) -> str:
 def test_ingress_renders_chat_exactly_as_vllm(served: Served):
     """The ingress tokenizes chat once and forwards the ids, so its rendering must be vLLM's, exactly."""
     model = next(m for m in served.config.models if m.id == AR_MODEL)
-    tokenizer = load_tokenizer(model.tokenizer or model.target)
+    tokenizer = load_tokenizer(*model.tokenizer_source())
     engine = served.engine_handle(AR_MODEL)
     tool = {
         "type": "function",
@@ -121,7 +121,7 @@ def test_router_hashes_equal_the_engines_kv_event_hashes(served: Served):
 
     model = next(m for m in served.config.models if m.id == AR_MODEL)
     ids, _exact = prompt_token_ids(
-        load_tokenizer(model.tokenizer or model.target), "chat", _chat_request({"messages": messages})
+        load_tokenizer(*model.tokenizer_source()), "chat", _chat_request({"messages": messages})
     )
     stored: dict[str, list[int]] = {}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from config import ModelConfig
 from config.vllm_args import speculative_config
 from deployments.engine.engine_args import vllm_serve_argv
@@ -69,3 +71,47 @@ def test_ar_baseline_has_no_speculative_config():
     assert speculative_config(model) is None
     argv = vllm_serve_argv(model)
     assert "--speculative-config" not in argv and "--additional-config" not in argv
+
+
+A, B, C = "a" * 40, "b" * 40, "c" * 40
+
+
+def test_pinned_commits_reach_vllm_for_target_tokenizer_and_drafter():
+    spec = _model().speculative
+    assert spec is not None
+    pinned = _model(
+        revision=A,
+        tokenizer="org/tok",
+        tokenizer_revision=B,
+        speculative=spec.model_dump() | {"draft_revision": C},
+    )
+    args = _parse(vllm_serve_argv(pinned))
+    assert (args.revision, args.tokenizer, args.tokenizer_revision) == (A, "org/tok", B)
+    drafter = args.speculative_config
+    assert (drafter if isinstance(drafter, dict) else json.loads(drafter))["revision"] == C
+    assert pinned.unpinned_sources() == [] and pinned.tokenizer_source() == ("org/tok", B)
+    unpinned = _model()
+    assert unpinned.unpinned_sources() == ["org/target", "org/drafter"]
+    assert unpinned.tokenizer_source() == ("org/target", None)
+    args = _parse(vllm_serve_argv(unpinned))
+    assert args.revision is None and args.tokenizer_revision is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"revision": "main"},  # a branch moves: not a pin
+        {"revision": A.upper()},
+        {"tokenizer_revision": B},  # pins a tokenizer the model does not name
+        {"revision": A, "tokenizer": "org/tok"},  # vLLM would look for A in org/tok
+    ],
+    ids=["branch", "uppercase", "no-tokenizer", "tokenizer-unpinned"],
+)
+def test_revisions_that_do_not_pin_are_refused(fields: dict):
+    with pytest.raises(ValueError):
+        _model(**fields)
+
+
+def test_local_directories_need_no_pin():
+    local = _model(target="/models/t", speculative={"draft_model": "./d", "num_speculative_tokens": 7})
+    assert local.unpinned_sources() == []
