@@ -28,13 +28,14 @@ from sim.production import production_model
 # Serve's default policy, grid over AutoscalingConfig's knobs (Ray 2.60 names; its defaults in brackets):
 # target_ongoing_requests [2, meant for generic deployments: 24 = 0.375 x max_num_seqs 64 is the config's],
 # (upscale_delay_s, downscale_delay_s) [30, 600; the production config's 10, 300], downscaling_factor
-# [None = 1.0; the reviewer's 0.3]. upscaling_factor is held at 1.0 (None) and the deprecated
-# smoothing_factor at 1.0: a jump to what the ongoing count asks for is already immediate, and a
-# replica takes minutes to start whatever the factor says. 2 x 2 x 2 = 8 points keeps a full run
-# near 10 minutes on 2 cores (each point runs on every tuning seed of both traces).
+# [None = 1.0; the reviewer's 0.3], upscaling_factor [None = 1.0; 2.0 doubles each step up, what a user
+# whose fleet lags a burst tries]. The deprecated smoothing_factor sets both factors at once, so the two
+# cover it. 2 x 2 x 2 x 2 = 16 points keeps a full run near 10 minutes on 2 cores (each point runs on
+# every tuning seed of both traces).
 GRID_TARGETS = (24, 48)
 GRID_DELAYS = ((10.0, 300.0), (30.0, 600.0))
 GRID_DOWNSCALING_FACTORS: tuple[float | None, ...] = (None, 0.3)
+GRID_UPSCALING_FACTORS: tuple[float | None, ...] = (None, 2.0)
 # The grid points documented before the grid existed: the config's delays, and Serve's own delays.
 SHIPPED = ("default-t24-up10-down300", "default-t24-up30-down600")
 # One simulated replica at its target batch carries about this many of the traces' requests per second
@@ -78,7 +79,12 @@ def slo_arm(model: ModelConfig) -> Arm:
 
 
 def default_arm(
-    model: ModelConfig, target: int, up_s: float, down_s: float, downscaling_factor: float | None = None
+    model: ModelConfig,
+    target: int,
+    up_s: float,
+    down_s: float,
+    downscaling_factor: float | None = None,
+    upscaling_factor: float | None = None,
 ) -> Arm:
     """Serve's default policy with these knobs, the rest (bounds, look-back) from the production config."""
     auto = model.replicas.autoscaling.model_copy(update={"policy": "ongoing_requests"})
@@ -91,18 +97,22 @@ def default_arm(
     cfg = autoscaling_config(model.model_copy(update={"replicas": model.replicas.model_copy(update=update)}))
     name = f"default-t{target}-up{up_s:g}-down{down_s:g}"
     description = f"Serve default, target_ongoing_requests={target}, upscale/downscale delay {up_s:g}/{down_s:g} s"
-    if downscaling_factor is not None:
-        cfg["downscaling_factor"] = downscaling_factor
-        name += f"-df{downscaling_factor:g}"
-        description += f", downscaling_factor={downscaling_factor:g}"
+    factors = (("downscaling_factor", "df", downscaling_factor), ("upscaling_factor", "uf", upscaling_factor))
+    for knob, short, value in factors:
+        if value is not None:
+            cfg[knob] = value
+            name += f"-{short}{value:g}"
+            description += f", {knob}={value:g}"
     return Arm(name, description, "default", cfg)
 
 
 def grid_arms(model: ModelConfig) -> list[Arm]:
     """Every point of Serve's default-policy grid (the shipped settings included)."""
     return [
-        default_arm(model, target, up_s, down_s, factor)
-        for target, (up_s, down_s), factor in itertools.product(GRID_TARGETS, GRID_DELAYS, GRID_DOWNSCALING_FACTORS)
+        default_arm(model, target, up_s, down_s, down_factor, up_factor)
+        for target, (up_s, down_s), down_factor, up_factor in itertools.product(
+            GRID_TARGETS, GRID_DELAYS, GRID_DOWNSCALING_FACTORS, GRID_UPSCALING_FACTORS
+        )
     ]
 
 

@@ -120,7 +120,9 @@ def test_grid_covers_the_shipped_settings_and_serve_knobs():
 
     grid = grid_arms(benchmark_model())
     names = {a.name for a in grid}
-    assert set(SHIPPED) <= names and len(names) == len(grid) == 8
+    assert set(SHIPPED) <= names and len(names) == len(grid) == 16
     for arm in grid:  # every point is a valid Serve config (loop() builds AutoscalingConfig)
         cfg = arm.loop()._config  # type: ignore[union-attr]
         assert cfg.get_downscaling_factor() in (1.0, 0.3)
+        assert cfg.get_upscaling_factor() in (1.0, 2.0)
+    assert {a.serve_config.get("upscaling_factor") for a in grid} == {None, 2.0}
