@@ -12,6 +12,13 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server rsync openssh-client tmux curl \
  && rm -rf /var/lib/apt/lists/*
 
+# Not root: every container runs as uid 1000 (named ray, home /home/ray), the user Ray's own images run as and
+# the cluster launcher supports; on the GPU AMIs uid 1000 is also the host's ubuntu user, who owns the secrets
+# and the Hugging Face token cluster.yaml mounts read-only. A base image that already has a uid 1000 (Ubuntu
+# 24.04's "ubuntu") gets that user renamed.
+RUN if getent passwd 1000 >/dev/null; then usermod --login ray --home /home/ray "$(getent passwd 1000 | cut -d: -f1)"; \
+    else useradd --uid 1000 --user-group --home-dir /home/ray --shell /bin/bash ray; fi
+
 WORKDIR /home/ray/dflash-serve
 COPY pyproject.toml README.md ./
 # Every package setuptools discovers (tests/unit/deploy/test_dockerfile.py keeps this list complete).
@@ -28,9 +35,15 @@ COPY sim sim
 COPY bench bench
 # Installing the package installs its vLLM plugin (entry point vllm.general_plugins: dflash_serve), which every
 # vLLM process on the node loads: the DFlash drafter runs z-lab's draft semantics (docs/known-issues.md).
-RUN python3 -m pip install --no-cache-dir ".[gpu]" \
+# Editable, from this directory, which uid 1000 owns: the cluster launcher syncs a newer tree over it and the
+# code runs from there, with nothing written into the image's Python (root's) at `ray up`.
+RUN python3 -m pip install --no-cache-dir -e ".[gpu]" \
  && python3 -c "import ray, vllm; assert (ray.__version__, vllm.__version__) == ('2.60.0', '0.32.0'), (ray.__version__, vllm.__version__)" \
  && python3 -c "import vllm_plugins; assert vllm_plugins.is_installed(), 'vLLM would not load the dflash_serve plugin'"
+
+RUN chown -R 1000:1000 /home/ray
+USER 1000
+ENV HOME=/home/ray
 
 # Ray's launcher runs `docker run ... bash` and KubeRay its own command: no `vllm serve` entrypoint.
 ENTRYPOINT []

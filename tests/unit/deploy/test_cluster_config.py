@@ -3,6 +3,8 @@ set up what the app relies on: the image, one engine per B300, Redis for GCS fau
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -36,7 +38,45 @@ def test_every_node_runs_the_image_redis_and_metrics(name: str):
     # The app's redis_url names the head's Redis; every node resolves that name.
     app = AppConfig.from_yaml(REPO_ROOT / "serve_app" / "configs" / "gemma4-dflash-b300.yaml")
     assert app.redis_url is not None and "dflash-redis:6380" in app.redis_url
-    assert any("$RAY_HEAD_IP dflash-redis" in c for c in cfg["worker_setup_commands"])
+    hosts = [c for c in _initialization_commands(cfg) if "dflash-redis" in c]
+    assert hosts and all("${RAY_HEAD_IP:-127.0.0.1} dflash-redis" in c and "/etc/hosts" in c for c in hosts)
+
+
+def _initialization_commands(cfg: dict) -> list[str]:
+    """Every node type's commands on the host (the provider-wide list, or each node type's own)."""
+    lists = [cfg.get("initialization_commands", [])]
+    lists += [t.get("initialization_commands", cfg.get("initialization_commands", [])) for t in _node_types(cfg)]
+    return [c for commands in lists for c in commands]
+
+
+def _node_types(cfg: dict) -> list[dict]:
+    return list(cfg.get("available_node_types", {}).values())
+
+
+@pytest.mark.parametrize("name", CLUSTERS)
+def test_containers_run_as_the_images_user_and_change_nothing_as_root(name: str):
+    """The image's user is uid 1000 (not root); nothing a container runs needs root: no pip install into the
+    image's Python, no /etc edits (those run on the host, before the container starts, where /etc/hosts is
+    copied from), and every mount lands in that user's home or /run."""
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    users = re.findall(r"^USER (\S+)$", dockerfile, flags=re.M)
+    assert users and users[-1] == "1000"
+    assert re.search(r"pip install --no-cache-dir -e ", dockerfile)  # editable: the synced tree is the code
+    cfg = _load(name)
+    in_container = [
+        c
+        for key in ("setup_commands", "head_setup_commands", "worker_setup_commands")
+        for c in cfg.get(key, []) + [c for t in _node_types(cfg) for c in t.get(key, [])]
+    ]
+    assert not [c for c in in_container if "pip install" in c or "/etc/" in c or "sudo" in c]
+    for option in cfg["docker"]["run_options"]:
+        if option.startswith("-v "):
+            target = option.split()[1].split(":")[1]
+            assert target.startswith(("/home/ray/", "/run/")), option
+    # Every node type, head and workers, gets the Redis host entry on its host.
+    for node_type in _node_types(cfg):
+        commands = node_type.get("initialization_commands", cfg.get("initialization_commands", []))
+        assert any("dflash-redis" in c for c in commands)
 
 
 def test_aws_gpu_workers_are_b300_nodes_with_one_engine_per_gpu():
