@@ -57,6 +57,31 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.5)
 
 
+def _last_entry(r: redis.Redis, key: str) -> bytes:
+    last = r.xrevrange(key, count=1)
+    return last[0][0] if last else b"0-0"
+
+
+def _engine_stored(r: redis.Redis, key: str, after: bytes) -> dict[str, list[int]]:
+    """The hashes engines stored by the stream's entries after ``after``, by replica (routers' records apart)."""
+    stored: dict[str, list[int]] = {}
+    for _id, fields in r.xrange(key, min=b"(" + after):
+        event = decode(fields[b"e"])
+        if fields.get(b"src") == b"engine" and isinstance(event, BlocksStored):
+            stored.setdefault(event.replica_id, []).extend(event.hashes)
+    return stored
+
+
+def _decisions(served: Served) -> list[dict[str, float]]:
+    """Each ingress replica's routing decisions for the AR model, by reason (for failure messages)."""
+    pattern = re.compile(r"^dflash_router_decisions_total\{([^}]*)\} (\S+)$", re.M)
+    found = []
+    for text in served.ingress_metrics():
+        labels = [(dict(re.findall(r'(\w+)="([^"]*)"', m[1])), float(m[2])) for m in pattern.finditer(text)]
+        found.append({lab["reason"]: v for lab, v in labels if lab.get("model") == AR_MODEL})
+    return found
+
+
 def _serving_replica(before: dict, after: dict) -> str:
     queried = {
         r: after[r].prefix_cache_queries_total - (before[r].prefix_cache_queries_total if r in before else 0)
@@ -114,8 +139,7 @@ def test_ingress_renders_chat_exactly_as_vllm(served: Served):
 def test_router_hashes_equal_the_engines_kv_event_hashes(served: Served):
     r = redis.Redis.from_url(served.redis.url)
     key = _stream_key(served) + ":events"
-    start = r.xrevrange(key, count=1)
-    start_id = start[0][0] if start else b"0-0"
+    start_id = _last_entry(r, key)
     messages = [{"role": "system", "content": _long_system("glaciers")}, {"role": "user", "content": "One fact?"}]
     _client(served).chat.completions.create(model=AR_MODEL, messages=messages, max_tokens=4, temperature=0)
 
@@ -127,10 +151,7 @@ def test_router_hashes_equal_the_engines_kv_event_hashes(served: Served):
 
     def engine_stored_enough() -> bool:
         stored.clear()
-        for _id, fields in r.xrange(key, min=b"(" + start_id):
-            event = decode(fields[b"e"])
-            if fields.get(b"src") == b"engine" and isinstance(event, BlocksStored):
-                stored.setdefault(event.replica_id, []).extend(event.hashes)
+        stored.update(_engine_stored(r, key, start_id))
         return bool(stored)
 
     _wait_for(engine_stored_enough, 15, "the engine's BlockStored events")
@@ -229,16 +250,25 @@ def test_redis_outage_fails_no_request_and_routing_recovers(served: Served):
     _wait_for(resynced, 60, "engines' snapshots and routers' reconnection after the restart")
 
     # Routing works on the rebuilt picture: a new conversation's second turn finds its first turn's cache.
-    messages = [{"role": "system", "content": _long_system("tides")}, {"role": "user", "content": "One fact?"}]
+    key = _stream_key(served) + ":events"
+    start_id = _last_entry(r, key)
+    # A first block of its own each run: the first turn is a cold prompt, whose blocks the engine stores anew.
+    system = f"Run {time.time_ns()}. {_long_system('tides')}"
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "One fact?"}]
     before = served.replica_reports(AR_MODEL)
     first = client.chat.completions.create(model=AR_MODEL, messages=messages, max_tokens=4, temperature=0)
     middle = served.replica_reports(AR_MODEL)
     home = _serving_replica(before, middle)
+    # The second turn may reach the other ingress replica, which learns of the first from the stream: wait
+    # until the engine's events are there (the follower reads them at once; a user's next turn comes later).
+    _wait_for(lambda: home in _engine_stored(r, key, start_id), 15, "the first turn's KV events in the stream")
+    time.sleep(1)
     messages += [
         {"role": "assistant", "content": first.choices[0].message.content},
         {"role": "user", "content": "More?"},
     ]
+    decided = _decisions(served)
     client.chat.completions.create(model=AR_MODEL, messages=messages, max_tokens=4, temperature=0)
     after = served.replica_reports(AR_MODEL)
-    assert _serving_replica(middle, after) == home
+    assert _serving_replica(middle, after) == home, ("decisions by reason", decided, _decisions(served))
     assert after[home].prefix_cache_hits_total > middle[home].prefix_cache_hits_total
