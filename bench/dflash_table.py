@@ -40,8 +40,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ARMS = ("ar", "dflash")
 
 # The reference run (one B300) lives in sim.seed_table: the simulators are calibrated to it.
-# What --quick (CI's check of the harness) runs: the trained shape and a chat; the unit tests format every task.
-QUICK_TASKS = ("gsm8k", "mt-bench")
 TASK_TITLES = {"math500": "Math500", "gsm8k": "GSM8K", "humaneval": "HumanEval", "mbpp": "MBPP", "mt-bench": "MT-Bench"}
 
 
@@ -71,6 +69,11 @@ class Settings:
     max_tokens: int
     thinking: bool
     timeout_s: float
+
+
+# What --quick (and the e2e test of the harness) runs: the trained shape and a chat, a few short prompts at two
+# concurrencies; the unit tests format every task.
+QUICK = Settings(("gsm8k", "mt-bench"), (1, 4), num_prompts=4, max_tokens=32, thinking=True, timeout_s=600)
 
 
 def request_bodies(prompts: list[str], model: str, max_tokens: int, thinking: bool) -> list[dict[str, Any]]:
@@ -308,7 +311,7 @@ def main() -> None:
         timeout_s=args.timeout_s,
     )
     if args.quick:
-        settings = Settings(QUICK_TASKS, (1, 4), num_prompts=4, max_tokens=32, thinking=True, timeout_s=600)
+        settings = QUICK
     if args.quick or args.local:
         _run_local(settings, args.out)
         return
@@ -318,10 +321,11 @@ def main() -> None:
         "dflash": Endpoint(args.base_url.rstrip("/"), args.model, args.api_key),
         "ar": Endpoint((args.ar_base_url or args.base_url).rstrip("/"), args.ar_model or args.model, args.api_key),
     }
-    _run(endpoints, settings, args.out, args.only, args.label or args.base_url)
+    run_table(endpoints, settings, args.out, args.only, args.label or args.base_url)
 
 
-def _run(endpoints: dict[str, Endpoint], s: Settings, out: Path, only: str | None, label: str) -> dict[str, Any]:
+def run_table(endpoints: dict[str, Endpoint], s: Settings, out: Path, only: str | None, label: str) -> dict[str, Any]:
+    """Measure ``only`` arm (or both), merge into ``out``'s results, write the table, PNG and JSON."""
     path = out.with_suffix(".json")
     results: dict[str, Any] = json.loads(path.read_text()) if only and path.exists() else {}
     results["label"] = label
@@ -344,7 +348,7 @@ def _run_local(s: Settings, out: Path) -> None:
     with serving(config, free_port()) as url:
         endpoints = {"dflash": Endpoint(url, dflash.id), "ar": Endpoint(url, ar.id)}
         label = f"tiny CPU demo pair (make serve's config) on {describe_machine()}"
-        results = _run(endpoints, s, out, None, label)
+        results = run_table(endpoints, s, out, None, label)
     problems = smoke_problems(results)
     if problems:
         raise SystemExit("bench-quick failed:\n  " + "\n  ".join(problems))
