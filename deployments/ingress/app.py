@@ -46,7 +46,6 @@ from deployments.ingress.validation import (
     request_id,
     requested_model,
     sequences,
-    token_bound,
     unknown_model,
     validated_request,
 )
@@ -226,7 +225,7 @@ class Ingress:
                 raise unknown_model(model_id, self._models)
             model_label = model_id
             max_model_len = self._models[model_id].engine.max_model_len
-            req = validated_request(
+            validated = validated_request(
                 kind,
                 body,
                 max_messages=self._config.ingress.max_messages,
@@ -235,13 +234,12 @@ class Ingress:
                 max_model_len=max_model_len,
                 media=self._config.ingress.media,
             )
+            req = validated.request
             req.request_id = request_id(request.headers.get("x-request-id"))
             slot = await self._admit(model_id, sequences(req))
             response: Response | None = None
             try:
-                reservation = await self._access.reserve(
-                    caller, token_bound(body, req, max_model_len, self._config.ingress.media)
-                )
+                reservation = await self._access.reserve(caller, validated.token_bound)
                 ctx = RequestContext(kind, model_id, req.request_id, start, slot, reservation)
                 rendered = await self._render(kind, req, model_id)
                 session_id = request.headers.get("x-session-id")

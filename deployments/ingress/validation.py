@@ -14,6 +14,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -297,15 +298,14 @@ def _media_parts(value: Any) -> int:
     return 0
 
 
-def token_bound(body: dict[str, Any], req: Any, max_model_len: int, media: MediaConfig) -> int:
-    """An upper bound on the tokens ``req`` (parsed from ``body``) spends: its prompt's text in bytes (a token
-    covers at least one byte) plus the template's tokens per message and ``media.tokens_per_item`` per media
-    part, and :func:`output_tokens`.
+def token_bound(text_size: int, messages: list[Any], req: Any, max_model_len: int, media: MediaConfig) -> int:
+    """An upper bound on the tokens ``req`` spends: its prompt's text in bytes (``text_size``, from
+    :func:`text_bytes`; a token covers at least one byte) plus the template's tokens per message in
+    ``messages`` and ``media.tokens_per_item`` per media part, and :func:`output_tokens`.
 
     What a key's token budget reserves up front; the engine's usage settles it when the request ends.
     """
-    messages = body.get("messages") or []
-    prompt = text_bytes(body) + MESSAGE_TEMPLATE_TOKENS * (len(messages) + 1)
+    prompt = text_size + MESSAGE_TEMPLATE_TOKENS * (len(messages) + 1)
     prompt += media.tokens_per_item * _media_parts(messages)
     return prompt + output_tokens(req, max_model_len)
 
@@ -316,9 +316,9 @@ def text_bytes(body: dict[str, Any]) -> int:
     return _text_bytes(body.get("messages")) + _text_bytes(body.get("tools")) + _text_bytes(body.get("prompt"))
 
 
-def check_text_bytes(body: dict[str, Any], limits: RequestLimits) -> None:
-    """The request's text against ``limits.max_text_bytes``, before anything parses or renders it."""
-    size = text_bytes(body)
+def check_text_bytes(size: int, body: dict[str, Any], limits: RequestLimits) -> None:
+    """The request's text (``size``, :func:`text_bytes` of ``body``) against ``limits.max_text_bytes``, before
+    anything parses or renders it."""
     if size > limits.max_text_bytes:
         raise ApiError(
             400,
@@ -365,6 +365,14 @@ def check_cost(req: Any, limits: RequestLimits, max_model_len: int) -> None:
 ENGINE_ONLY_FIELDS = ("kv_transfer_params", "ec_transfer_params", "vllm_xargs")
 
 
+@dataclass(frozen=True, slots=True)
+class ValidatedRequest:
+    """A client's request, parsed (vLLM's request type) and checked, with the most tokens it can spend."""
+
+    request: Any
+    token_bound: int  # :func:`token_bound`: what a key's token budget reserves for it up front
+
+
 def validated_request(
     kind: str,
     body: dict[str, Any],
@@ -374,13 +382,14 @@ def validated_request(
     limits: RequestLimits,
     max_model_len: int,
     media: MediaConfig,
-) -> Any:
+) -> ValidatedRequest:
     """:func:`parsed_request` of ``body``, with every way it can fail on client input turned into a 400.
 
     A client's :data:`ENGINE_ONLY_FIELDS` are dropped first. A chat's messages are capped at
     ``max_messages`` and its template inputs checked against ``template_inputs``
     (:func:`check_template_inputs`), its media against ``media`` (:func:`check_media`); any request's text
     against ``limits`` (:func:`check_text_bytes`), and the parsed request's work too (:func:`check_cost`).
+    The text is measured once, for the limit and for the token bound.
     """
     from pydantic import ValidationError
     from vllm.exceptions import VLLMClientError
@@ -392,7 +401,8 @@ def validated_request(
         check_messages(body.get("messages"), max_messages)
         check_media(body["messages"], media)
         check_template_inputs(body, template_inputs)
-    check_text_bytes(body, limits)
+    size = text_bytes(body)
+    check_text_bytes(size, body, limits)
     try:
         req = parsed_request(kind, body)
     except ValidationError as exc:
@@ -404,7 +414,7 @@ def validated_request(
         # (e.g. `structured_outputs: true` raises AttributeError): still the client's malformed input.
         raise ApiError(400, f"Invalid request: {type(exc).__name__}: {exc}") from exc
     check_cost(req, limits, max_model_len)
-    return req
+    return ValidatedRequest(req, token_bound(size, body.get("messages") or [], req, max_model_len, media))
 
 
 # What a client's x-request-id may be: it is logged, echoed to the engines and used in their request ids.

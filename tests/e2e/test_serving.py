@@ -106,7 +106,7 @@ def test_completions_echo_answers_as_vllm_does(served: Served, extra: dict):
         limits=ingress.limits,
         max_model_len=served.config.models[0].engine.max_model_len,
         media=ingress.media,
-    )
+    ).request
     replies = list(engine.completions.remote(req))
     assert [(kind, status) for kind, status, _ in replies] == [("json", 200)]
     ours, vllms = through_ingress.json(), json.loads(json.dumps(replies[0][2]))  # as JSON, like the ingress's

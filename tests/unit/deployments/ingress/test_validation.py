@@ -17,6 +17,7 @@ from deployments.ingress.errors import ApiError
 from deployments.ingress.validation import (
     ENGINE_ONLY_FIELDS,
     MAX_JSON_DEPTH,
+    ValidatedRequest,
     materialized,
     parse_json,
     protocol,
@@ -24,7 +25,6 @@ from deployments.ingress.validation import (
     request_id,
     requested_model,
     sequences,
-    token_bound,
     unknown_model,
     validated_request,
 )
@@ -60,6 +60,17 @@ def _validated(
     media: MediaConfig = TEXT_ONLY,
     limits: RequestLimits = LIMITS,
 ) -> Any:
+    return _checked(kind, body, max_messages, template_inputs, media, limits).request
+
+
+def _checked(
+    kind: str,
+    body: dict,
+    max_messages: int = 8,
+    template_inputs: frozenset[str] = frozenset(),
+    media: MediaConfig = TEXT_ONLY,
+    limits: RequestLimits = LIMITS,
+) -> ValidatedRequest:
     return validated_request(
         kind,
         body,
@@ -160,29 +171,19 @@ def test_requests_within_the_limits_pass():
 
 
 def test_a_requests_token_bound_covers_its_prompt_and_every_sequences_output():
-    batch = {"model": "m", "prompt": ["héllo", "ab"], "n": 2, "max_tokens": 10}
-    req = _validated("completions", dict(batch))
-    assert sequences(req) == 4
-    assert (
-        token_bound(batch, req, MAX_MODEL_LEN, MediaConfig()) == (6 + 2) + 8 + 4 * 10
-    )  # UTF-8 bytes, template; 2 x 2 x 10
-    ids = {"model": "m", "prompt": [5, 6, 7], "max_tokens": 10}
-    assert (
-        token_bound(ids, _validated("completions", dict(ids)), MAX_MODEL_LEN, MediaConfig()) == 3 + 8 + 10
-    )  # a token an id
+    batch = _checked("completions", {"model": "m", "prompt": ["héllo", "ab"], "n": 2, "max_tokens": 10})
+    assert sequences(batch.request) == 4
+    assert batch.token_bound == (6 + 2) + 8 + 4 * 10  # UTF-8 bytes, template; 2 x 2 x 10
+    ids = _checked("completions", {"model": "m", "prompt": [5, 6, 7], "max_tokens": 10})
+    assert ids.token_bound == 3 + 8 + 10  # a token an id
     chat = {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "abc"}]}]}
-    req = _validated("chat", dict(chat))
-    assert (
-        token_bound(chat, req, MAX_MODEL_LEN, MediaConfig())
-        == len("user") + len("text") + len("abc") + 2 * 8 + MAX_MODEL_LEN
-    )
+    assert _checked("chat", chat).token_bound == len("user") + len("text") + len("abc") + 2 * 8 + MAX_MODEL_LEN
     image = _image_chat("data:image/png;base64," + "A" * 10_000)
     media = MediaConfig(enabled=True)
-    req = _validated("chat", dict(image), media=media)
-    text = token_bound(image, req, MAX_MODEL_LEN, MediaConfig(enabled=True, tokens_per_item=1))
+    text = _checked("chat", dict(image), media=MediaConfig(enabled=True, tokens_per_item=1)).token_bound
     # The data: URL's 10,000 bytes are not tokens; the image is its configured encoder tokens, reserved up front.
     assert text < 100 + MAX_MODEL_LEN
-    assert token_bound(image, req, MAX_MODEL_LEN, media) == text - 1 + media.tokens_per_item
+    assert _checked("chat", dict(image), media=media).token_bound == text - 1 + media.tokens_per_item
 
 
 @pytest.mark.parametrize(
