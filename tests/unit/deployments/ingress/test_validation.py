@@ -52,15 +52,9 @@ def _status(call) -> tuple[int, str | None]:
     return err.value.status, err.value.code
 
 
-def _validated(
-    kind: str,
-    body: dict,
-    max_messages: int = 8,
-    template_inputs: frozenset[str] = frozenset(),
-    media: MediaConfig = TEXT_ONLY,
-    limits: RequestLimits = LIMITS,
-) -> Any:
-    return _checked(kind, body, max_messages, template_inputs, media, limits).request
+def _validated(kind: str, body: dict, **options: Any) -> Any:
+    """The parsed request alone (:func:`_checked` takes the same ``options``)."""
+    return _checked(kind, body, **options).request
 
 
 def _checked(
