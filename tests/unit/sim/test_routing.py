@@ -175,7 +175,7 @@ def test_ray_baseline_evicts_only_when_asked():
     assert ray.index_size() == 5  # no eviction before the interval
 
 
-def test_sglang_baseline_imbalance_needs_both_thresholds_and_evicts_by_size():
+def test_sglang_baseline_spills_a_busy_holder_past_both_thresholds_and_evicts_by_size():
     now = [0.0]
     cfg = SglangCacheAwareConfig(
         balance_abs_threshold=4, balance_rel_threshold=2.0, eviction_interval_s=1, max_tree_blocks=1
@@ -183,14 +183,41 @@ def test_sglang_baseline_imbalance_needs_both_thresholds_and_evicts_by_size():
     sg = SglangCacheAwarePolicy(lambda: now[0], cfg)
     sg.on_routed(RouteRequest("a", (1, 2, 3)), "r2")
     req = RouteRequest("b", (1, 2, 3, 4))
-    assert sg.choose(req, _loads(1, 1, 5)).ranked[0] == ("r2",)  # spread 4 is not > 4
-    assert sg.choose(req, _loads(6, 9, 10)).ranked[0] == ("r2",)  # 10 > 6 + 4 but not > 2 x 6
-    d = sg.choose(req, _loads(1, 3, 10))
-    assert (d.ranked[0], d.reason) == (("r0",), "imbalance")
+    assert sg.choose(req, _loads(1, 1, 5)).ranked[0] == ("r2",)  # 5 > 2 x 2.3 but not > 2.3 + 4
+    assert sg.choose(req, _loads(6, 9, 10)).ranked[0] == ("r2",)  # 10 > 8.3 + 4 but not > 2 x 8.3
+    d = sg.choose(req, _loads(1, 3, 10))  # 10 > 2 x 4.7 and > 4.7 + 4
+    assert (d.ranked[0], d.reason) == (("r0",), "spill")
     assert sg.choose(RouteRequest("c", (1, 8, 9, 10)), _loads(3, 2, 1)).reason == "cold"  # 1/4 <= 0.3
     now[0] = 5.0
     sg.on_routed(RouteRequest("d", (5,)), "r0")
     assert sg.tree.size("r2") == 1
+
+
+def test_sglang_baseline_margin_is_capped_at_the_load_swing_and_the_least_loaded_holder_wins():
+    sg = SglangCacheAwarePolicy(lambda: 0.0)  # the gateway's defaults: abs 64, rel 1.5
+    sg.on_routed(RouteRequest("a", (1, 2, 3)), "r2")
+    hot = RouteRequest("b", (1, 2, 3, 4))
+    # The margin is max(4, ceil(2 sqrt(mean))), not 64: the 7th in flight at the holder spills, the 6th does not.
+    assert sg.choose(hot, _loads(0, 0, 6)).reason == "prefix"
+    assert sg.choose(hot, _loads(0, 0, 7)).reason == "spill"
+    assert sg.choose(hot, _loads(2, 2, 9)).reason == "prefix"  # mean 4.3: margin ceil(4.2) = 5
+    assert sg.choose(hot, _loads(2, 2, 10)).reason == "spill"
+    # Two holders of the deepest match: the least loaded wins, however recently the other was used.
+    sg.on_routed(RouteRequest("c", (1, 2, 3)), "r0")
+    assert sg.choose(hot, _loads(3, 0, 1)).ranked[0] == ("r2",)
+    # A holder whose engine reports itself overloaded is left out while another worker is under the thresholds.
+    busy = [ReplicaLoad("r0", 1, 64, waiting=8), ReplicaLoad("r1", 0, 64), ReplicaLoad("r2", 1, 64, kv_usage=0.8)]
+    assert sg.choose(hot, busy).ranked[0] == ("r1",)
+    assert sg.choose(hot, busy[::2]).reason == "prefix"  # every worker over: none is left out
+
+
+def test_sglang_baseline_breaks_ties_at_random_reproducibly():
+    def firsts() -> list[str]:
+        sg = SglangCacheAwarePolicy(lambda: 0.0)
+        return [sg.choose(RouteRequest(str(i), (100 + i,)), _loads(0, 0, 0)).first for i in range(30)]
+
+    assert set(firsts()) == {"r0", "r1", "r2"}  # an idle cluster's new prompts do not all start on one replica
+    assert firsts() == firsts()
 
 
 def test_precise_index_follows_the_engines_caches_and_approximate_drifts():
