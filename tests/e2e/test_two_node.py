@@ -2,8 +2,11 @@
 
 The head and a worker node are separate `ray start` processes (tests/e2e/local_ray_cluster.py); GCS fault
 tolerance and the routers' shared state use a real redis-server, as cluster.yaml sets them up. The
-engines ask for ``accelerator_type:B300`` and an ``engine_slot`` resource that both nodes offer twice
-(named as a fake: there is no B300 here), so the two replicas of the model spread over both nodes. The
+engines ask for ``accelerator_type:B300`` and an ``engine_slot`` resource (named as a fake: there is no B300
+here) that the head offers twice and the worker once, so the two replicas of the model spread over both nodes,
+the head can take the worker's replica, and a replica replaced while the head restarts can only go back to the
+head (with a second slot on the worker, Serve once put it there: the restarted head's resources were not known
+yet). The
 app answers through either node's proxy (`proxy_location: EveryNode`, the worker's on a port of its own
 since both share this machine), and when the worker node is killed it keeps answering through the head's
 proxy while Serve brings the lost replica back on the head.
@@ -41,8 +44,9 @@ from tools.tiny_models import ensure_models
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
 MODEL = "tiny-gemma4-ar"
-# Fake accelerator resources: what a p6-b300 node advertises, scaled down to two "GPUs" per node.
-NODE_RESOURCES = {"engine_slot": 2, "accelerator_type:B300": 2}
+# Fake accelerator resources: what a p6-b300 node advertises, scaled down to two "GPUs" on the head, one on the worker.
+HEAD_RESOURCES = {"engine_slot": 2, "accelerator_type:B300": 2}
+WORKER_RESOURCES = {"engine_slot": 1, "accelerator_type:B300": 1}
 START_TIMEOUT_S = 600  # vLLM CPU engines take minutes to start on this shared machine
 
 
@@ -133,7 +137,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     }
     nodes: list[RayNode] = []
     try:
-        head = RayNode("head", temp_dir=temp_dir, log_dir=log_dir, num_cpus=2, resources=NODE_RESOURCES, env=env)
+        head = RayNode("head", temp_dir=temp_dir, log_dir=log_dir, num_cpus=2, resources=HEAD_RESOURCES, env=env)
         nodes.append(head)
         head.start(lambda: len(Cluster(head, head, ports, redis.url).alive_nodes()) == 1, 300)
         worker_env = {**env, "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(ports["worker_http"])}
@@ -142,7 +146,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             temp_dir=temp_dir,
             log_dir=log_dir,
             num_cpus=2,
-            resources=NODE_RESOURCES,
+            resources=WORKER_RESOURCES,
             head_address=head.address,
             env=worker_env,
         )
