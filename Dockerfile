@@ -16,8 +16,9 @@ RUN apt-get update \
 # the cluster launcher supports; on the GPU AMIs uid 1000 is also the host's ubuntu user, who owns the secrets
 # and the Hugging Face token cluster.yaml mounts read-only. A base image that already has a uid 1000 (Ubuntu
 # 24.04's "ubuntu") gets that user renamed.
-RUN if getent passwd 1000 >/dev/null; then usermod --login ray --home /home/ray "$(getent passwd 1000 | cut -d: -f1)"; \
-    else useradd --uid 1000 --user-group --home-dir /home/ray --shell /bin/bash ray; fi
+RUN user="$(getent passwd 1000 | cut -d: -f1)"; \
+    if [ -z "$user" ]; then useradd --uid 1000 --user-group --home-dir /home/ray --shell /bin/bash ray; \
+    elif [ "$user" != ray ]; then usermod --login ray --home /home/ray "$user"; fi
 
 WORKDIR /home/ray/dflash-serve
 COPY pyproject.toml README.md ./
