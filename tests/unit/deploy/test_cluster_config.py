@@ -44,9 +44,13 @@ def test_every_node_runs_the_image_redis_and_metrics(name: str):
 
 def _initialization_commands(cfg: dict) -> list[str]:
     """Every node type's commands on the host (the provider-wide list, or each node type's own)."""
-    lists = [cfg.get("initialization_commands", [])]
-    lists += [t.get("initialization_commands", cfg.get("initialization_commands", [])) for t in _node_types(cfg)]
+    lists = [cfg.get("initialization_commands", []), *(_host_commands(cfg, t) for t in _node_types(cfg))]
     return [c for commands in lists for c in commands]
+
+
+def _host_commands(cfg: dict, node_type: dict) -> list[str]:
+    """What runs on a node type's host before Docker starts: its own list, else the provider-wide one."""
+    return node_type.get("initialization_commands", cfg.get("initialization_commands", []))
 
 
 def _node_types(cfg: dict) -> list[dict]:
@@ -75,8 +79,7 @@ def test_containers_run_as_the_images_user_and_change_nothing_as_root(name: str)
             assert target.startswith(("/home/ray/", "/run/")), option
     # Every node type, head and workers, gets the Redis host entry on its host.
     for node_type in _node_types(cfg):
-        commands = node_type.get("initialization_commands", cfg.get("initialization_commands", []))
-        assert any("dflash-redis" in c for c in commands)
+        assert any("dflash-redis" in c for c in _host_commands(cfg, node_type))
 
 
 def test_aws_gpu_workers_are_b300_nodes_with_one_engine_per_gpu():
