@@ -32,6 +32,7 @@ from bench.datasets import TASKS, load_prompts, sample
 from bench.load import run_closed_loop
 from bench.machine import describe_machine
 from bench.prom import SpecCounters, read_counters
+from bench.settle import settle
 from sim.seed_table import REFERENCE
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ def run_arms(endpoints: dict[str, Endpoint], arms: tuple[str, ...], s: Settings)
                 cell_index += 1
                 for arm in order:
                     bar.set_postfix_str(f"{arm} {task} c={c}")
+                    settle()  # the other arm's engine stops spinning on a shared CPU core
                     cell = measure(endpoints[arm], prompts, c, s, bar)
                     out[arm].setdefault(task, {})[str(c)] = cell
                     tau = f"{cell['tau']:.2f}" if cell["tau"] else "-"

@@ -32,6 +32,7 @@ from bench.datasets import load_prompts
 from bench.load import RequestResult, RunResult, run_closed_loop
 from bench.machine import describe_machine
 from bench.process_cpu import ROLES, snapshot
+from bench.settle import settle
 from bench.vllm_server import start_vllm, stop, wait_healthy
 from config import AppConfig
 from sim.intervals import interval
@@ -133,10 +134,12 @@ def measure(
         bar.update()
 
     for side in SIDES:  # warm both (first requests pay lazy initialisation)
+        settle()
         asyncio.run(run_closed_loop(urls[side], bodies(prompts[:c], model, tokens), c))
     for r in range(rounds):
         batch = bodies(prompts[(r + 1) * per_round : (r + 2) * per_round], model, tokens)
         for side in SIDES if r % 2 == 0 else tuple(reversed(SIDES)):
+            settle()  # the other side's engine stops spinning on the core this side's computes on
             before = snapshot(roots)[side]
             runs[side].append(asyncio.run(run_closed_loop(urls[side], batch, c, on_done=done)))
             after = snapshot(roots)[side]
