@@ -38,6 +38,7 @@ from bench.routing_workloads import TUNING_WORKLOADS, WORKLOADS, Session, Sizes,
 from bench.vllm_server import CacheCounters, cache_counters, reset_prefix_cache, start_vllm, stop, wait_healthy
 from sim.intervals import interval
 from tools.doc_markers import replace_between
+from tools.serve import start_ray
 
 logger = logging.getLogger(__name__)
 
@@ -578,7 +579,7 @@ def main() -> None:
         redis = RedisServer() if any(a.precise for a in serve_arms) else None
         if redis is not None:
             redis.start()
-        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="WARNING")
+        start_ray(num_cpus=4)  # as `make serve` starts it
         try:
             for arm in serve_arms:
                 try:

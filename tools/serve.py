@@ -49,9 +49,18 @@ Press Ctrl-C to stop.
 RAY_SYSTEM_CONFIG = {"process_group_cleanup_enabled": True}
 
 
+def ray_environment() -> dict[str, str]:
+    """What every process Ray starts here needs in its environment: Serve's proxies load our client-header
+    guard (deployments/proxy_headers.py), as the image's environment has them load it under `ray start`."""
+    from deployments.proxy_headers import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+
+    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK}
+
+
 def start_ray(num_cpus: int | None) -> None:
     import ray
 
+    os.environ.update(ray_environment())  # inherited by the GCS, the raylet and every worker it starts
     # Logical CPUs: engine replicas reserve whole CPUs but mostly wait on their engine process.
     ray.init(
         address="local",

@@ -43,12 +43,12 @@ from deployments.ingress.validation import (
     ENDPOINTS,
     protocol,
     read_json_body,
-    request_id,
     requested_model,
     sequences,
     unknown_model,
     validated_request,
 )
+from deployments.proxy_headers import request_id
 from deployments.router.replica_counts import running_replicas
 
 logger = logging.getLogger(__name__)

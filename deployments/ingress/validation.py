@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -415,18 +413,3 @@ def validated_request(
         raise ApiError(400, f"Invalid request: {type(exc).__name__}: {exc}") from exc
     check_cost(req, limits, max_model_len)
     return ValidatedRequest(req, token_bound(size, body.get("messages") or [], req, max_model_len, media))
-
-
-# What a client's x-request-id may be: it is logged, echoed to the engines and used in their request ids.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-def request_id(header: str | None) -> str:
-    """The client's ``x-request-id`` when it is a short token of safe characters, else a fresh one.
-
-    A client id that could forge log lines (newlines), blow up log volume or collide with the engines'
-    own suffixes is replaced, not refused: the id is for correlation, and a request is not wrong for it.
-    """
-    if header is not None and _REQUEST_ID.fullmatch(header):
-        return header
-    return uuid.uuid4().hex

@@ -21,6 +21,7 @@ import psutil
 
 from tests.paths import REPO_ROOT
 from tools.ports import free_port
+from tools.serve import ray_environment
 
 T = TypeVar("T")
 
@@ -66,7 +67,7 @@ class RayNode:
             argv += [f"--address={head_address}"]
         self._argv = argv
         self._temp_dir = temp_dir
-        self._env = {**os.environ, **(env or {})}
+        self._env = {**os.environ, **ray_environment(), **(env or {})}
         self._log_path = log_dir / f"ray-start-{name}.log"
         self._log: IO[bytes] | None = None
         self.proc: subprocess.Popen[bytes] | None = None

@@ -84,8 +84,6 @@ def _chat(front: Front, key: str | None, content: str = "hi") -> httpx.Response:
 
 
 def test_api_keys_rate_limit_and_no_secret_in_logs(front: Front):
-    import ray
-
     key = front.key("slow", rate=0.05, burst=2)
     prompt = f"my-secret-prompt-{uuid.uuid4().hex}"
     _error(_chat(front, None), 401, "authentication_error")
@@ -101,13 +99,37 @@ def test_api_keys_rate_limit_and_no_secret_in_logs(front: Front):
     _error(_chat(front, key), 401, "authentication_error")  # key_cache_s=0: revoked at once
 
     # Neither the key nor the prompt reached any log of the app (ingress, engines, proxy, controller).
+    assert not _logs_holding(key, prompt)
+
+
+def _logs_holding(*texts: str) -> list[str]:
+    """This Ray session's log files (every process's: Serve's proxy, replicas, controller) holding any of ``texts``."""
+    import ray
+
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
-    hits = [
-        p.name
-        for p in logs.rglob("*")
-        if p.is_file() and (key.encode() in p.read_bytes() or prompt.encode() in p.read_bytes())
-    ]
-    assert not hits, hits
+    return [p.name for p in logs.rglob("*") if p.is_file() and any(t.encode() in p.read_bytes() for t in texts)]
+
+
+def test_serves_proxy_keeps_only_a_safe_client_request_id(front: Front):
+    """Serve's proxy logs its request id and echoes it; a client's id that is not a short safe token never gets
+    there (deployments/proxy_headers.py runs ahead of Serve's own request-id middleware)."""
+    key = front.key("ids", rate=1000, burst=1000)
+    safe, forged = f"client-{uuid.uuid4().hex}", f"forged-{uuid.uuid4().hex}<script>" + "A" * 600
+    body = {"model": DFLASH_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+    def reply(request_id: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}", "x-request-id": request_id}
+        answer = httpx.post(front.v1 + "/chat/completions", json=body, headers=headers, timeout=120)
+        assert answer.status_code == 200, answer.text
+        return answer
+
+    assert reply(safe).headers["x-request-id"] == safe
+    assert reply(forged).headers["x-request-id"] not in (forged, "")
+    deadline = time.monotonic() + 30  # Serve logged the safe one: the scan below would see a forged one
+    while not _logs_holding(safe):
+        assert time.monotonic() < deadline, "no log holds the client's safe request id"
+        time.sleep(0.5)
+    assert not _logs_holding(forged.split("<")[0])
 
 
 def test_token_budget_reserves_each_requests_bound_and_gives_back_what_it_did_not_spend(front: Front):
