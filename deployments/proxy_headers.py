@@ -1,16 +1,17 @@
 """The headers Serve's HTTP proxy takes as its own controls, made safe before the proxy reads them.
 
-Serve's proxy (ray/serve/_private/proxy.py) reads three request headers as instructions: ``x-request-id``
-becomes its request id (in its access log, echoed to the client, passed to our replicas),
-``serve_multiplexed_model_id`` and the session header (``x-session-id``) steer its routing to ingress
-replicas. All three come from the client. This middleware runs in the proxy ahead of Serve's own
-(``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` names :func:`proxy_middlewares`; a callback's middlewares
-wrap Serve's request-id middleware, ray/serve/_private/http_util.py ``_apply_middlewares``): it keeps a
-client's request id only when it is one short token of safe characters (otherwise Serve makes a fresh
-one) and drops the two routing headers, which this app uses neither of.
+Serve's proxy (ray/serve/_private/proxy.py) reads request headers as instructions: ``x-request-id`` becomes
+its request id (in its access log, echoed to the client, passed to our replicas), and
+``serve_multiplexed_model_id`` steers its routing to ingress replicas. Both come from the client. This
+middleware runs in the proxy ahead of Serve's own (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` names
+:func:`proxy_middlewares`; a callback's middlewares wrap Serve's request-id middleware,
+ray/serve/_private/http_util.py ``_apply_middlewares``): it keeps a client's request id only when it is one
+short token of safe characters (otherwise Serve makes a fresh one) and drops the multiplexing header, which
+this app does not use. ``x-session-id``, which Serve also reads, stays: it is this app's session-affinity
+key (the ingress routes a session's turns to one engine replica), and Serve only keeps the session on one
+ingress replica with it.
 
-The ingress checks the id again (:func:`request_id`) for a request that reaches it another way.
-"""
+The ingress checks the id again (:func:`request_id`) for a request that reaches it another way."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ PROXY_CALLBACK = "deployments.proxy_headers:proxy_middlewares"
 # What a client's x-request-id may be: it is logged, echoed to the engines and used in their request ids.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _REQUEST_ID_HEADER = b"x-request-id"
-# Serve's routing controls, compared as Serve compares them (lower case, "-" and "_" alike).
-_ROUTING_HEADERS = frozenset({"serve_multiplexed_model_id", "x_session_id"})
+# Serve's routing control that this app does not use, compared as Serve compares it ("-" and "_" alike).
+_MULTIPLEXED_MODEL_ID = "serve_multiplexed_model_id"
 
 
 def request_id(header: str | None) -> str:
@@ -45,13 +46,13 @@ def request_id(header: str | None) -> str:
 
 
 def _kept(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """``headers`` less the routing controls, and less every request id unless there is one safe one."""
+    """``headers`` less the multiplexing header, and less every request id unless there is one safe one."""
     ids = [value for name, value in headers if name == _REQUEST_ID_HEADER]
     keep_id = len(ids) == 1 and _REQUEST_ID.fullmatch(ids[0].decode("latin-1")) is not None
     return [
         (name, value)
         for name, value in headers
-        if (keep_id or name != _REQUEST_ID_HEADER) and name.decode("latin-1").replace("-", "_") not in _ROUTING_HEADERS
+        if (keep_id or name != _REQUEST_ID_HEADER) and name.decode("latin-1").replace("-", "_") != _MULTIPLEXED_MODEL_ID
     ]
 
 

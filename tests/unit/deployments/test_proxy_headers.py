@@ -62,11 +62,16 @@ def test_serve_makes_a_fresh_request_id_for_any_other(ids: list[bytes]):
     assert request_id(seen[0]) == seen[0]  # Serve's fresh id is itself a safe one
 
 
-@pytest.mark.parametrize("name", [b"serve_multiplexed_model_id", b"serve-multiplexed-model-id", b"x-session-id"])
-def test_serves_routing_controls_never_come_from_the_client(name: bytes):
+@pytest.mark.parametrize("name", [b"serve_multiplexed_model_id", b"serve-multiplexed-model-id"])
+def test_serves_multiplexing_header_never_comes_from_the_client(name: bytes):
     seen = _seen_by_serve([(name, b"steer"), (b"authorization", b"Bearer k")])
     assert (name, b"steer") not in seen
     assert (b"authorization", b"Bearer k") in seen
+
+
+def test_the_session_header_reaches_the_app():
+    """The app's session affinity reads ``x-session-id`` (deployments/ingress/app.py)."""
+    assert (b"x-session-id", b"chat-1") in _seen_by_serve([(b"x-session-id", b"chat-1")])
 
 
 def test_other_scopes_pass_through():
