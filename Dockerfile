@@ -45,8 +45,8 @@ RUN python3 -m pip install --no-cache-dir -e ".[gpu]" \
 RUN chown -R 1000:1000 /home/ray
 USER 1000
 ENV HOME=/home/ray
-# Serve's HTTP proxy on every node runs our guard of the headers it takes as controls (x-request-id, its
-# routing headers) before it reads them: deployments/proxy_headers.py.
+# Serve's HTTP proxy on every node runs our guard of the headers it takes as controls (x-request-id,
+# serve_multiplexed_model_id) before it reads them: deployments/proxy_headers.py.
 ENV RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy_headers:proxy_middlewares
 
 # Ray's launcher runs `docker run ... bash` and KubeRay its own command: no `vllm serve` entrypoint.

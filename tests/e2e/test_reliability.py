@@ -107,7 +107,13 @@ def _logs_holding(*texts: str) -> list[str]:
     import ray
 
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
-    return [p.name for p in logs.rglob("*") if p.is_file() and any(t.encode() in p.read_bytes() for t in texts)]
+    wanted = [t.encode() for t in texts]
+    holding = []
+    for path in (p for p in logs.rglob("*") if p.is_file()):
+        data = path.read_bytes()  # once per file, whatever the number of texts
+        if any(w in data for w in wanted):
+            holding.append(path.name)
+    return holding
 
 
 def test_serves_proxy_keeps_only_a_safe_client_request_id(front: Front):
