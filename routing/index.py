@@ -54,6 +54,16 @@ class PrefixIndex:
             held[replica] = depth
         return held
 
+    def held_by(self, replica: str, hashes: Sequence[BlockHash]) -> int:
+        """Leading blocks of ``hashes`` that ``replica`` holds: one lookup per matched block, no owner sets."""
+        lru = self._lru.get(replica)
+        if not lru:
+            return 0
+        for depth, h in enumerate(hashes):
+            if h not in lru:
+                return depth
+        return len(hashes)
+
     def insert(self, replica: str, hashes: Iterable[BlockHash]) -> None:
         """Mark ``hashes`` as held by ``replica`` (most recently used), evicting its oldest beyond capacity.
 

@@ -12,9 +12,14 @@ The best score wins, with these guards, checked in order:
    prefix cannot pile every request onto one replica;
 2. full — replicas at capacity rank after every replica with room;
 3. cold — when no replica holds at least ``min_match_fraction`` of the prompt's blocks, the prompt goes
-   to the replica that least recently received a cold prompt, among those within ``imbalance_abs`` of
-   the least loaded (llm-d's no-hit LRU). Rotating cold prefills spreads new prefixes — the expensive
-   requests — evenly, where the in-flight count would mix them up with cheap cached ones. The
+   to the replica this router has sent the least prefill work, among those within ``imbalance_abs`` of
+   the least loaded. Prefill work is counted in blocks a replica did not hold when a request was sent
+   there (its whole prompt for a cold one, the uncached tail for a hit), so a replica busy with a hot
+   prefix's hits gets fewer new prefixes; in-flight counts would mix cheap cached requests up with
+   expensive cold prefills. (Ray Serve LLM's smallest-tree rule, counted in uncached blocks; it replaced
+   llm-d's no-hit LRU, which rotated cold prompts evenly over hot and quiet replicas alike:
+   docs/routing-simulator.md.) A replica joins the count level with the least-worked one, its first
+   request included, so a new replica takes its share of cold prompts instead of all of them. The
    threshold keeps a short shared preamble (BOS and chat-template boilerplate, a block or two every
    prompt has) from pulling every new conversation onto the first replica.
 
@@ -33,7 +38,6 @@ Parameters: :class:`PrefixPolicyConfig`, their one definition (``routing.prefix`
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -74,8 +78,7 @@ class PrefixPolicy:
     def __init__(self, config: PrefixPolicyConfig | None = None) -> None:
         self.config = config or PrefixPolicyConfig()
         self.index = PrefixIndex(self.config.capacity_blocks)
-        self._cold_turn: dict[str, int] = {}  # replica -> when it last received a cold prompt
-        self._cold_count = 0
+        self._prefill_sent: dict[str, int] = {}  # replica -> blocks it did not hold when requests were sent
 
     def choose(self, request: RouteRequest, replicas: Sequence[ReplicaLoad]) -> Decision:
         cfg = self.config
@@ -111,10 +114,17 @@ class PrefixPolicy:
         reason = "session" if session is not None and best[0].replica_id == session else "prefix"
         return self._ranked(best, reason, held)
 
+    def _prefill_floor(self) -> int:
+        """Where a replica this router never sent a request to ranks, and joins the count: level with the
+        least-worked one (ahead of it on a tie)."""
+        return min(self._prefill_sent.values(), default=0)
+
     def _cold_order(self, replicas: Sequence[ReplicaLoad]) -> list[ReplicaLoad]:
         least = min(r.in_flight for r in replicas)
+        floor = self._prefill_floor()
         near = [r for r in replicas if r.in_flight <= least + self.config.imbalance_abs and r.in_flight < r.capacity]
-        near.sort(key=lambda r: (self._cold_turn.get(r.replica_id, -1), r.in_flight, r.replica_id))
+        sent = self._prefill_sent
+        near.sort(key=lambda r: (sent.get(r.replica_id, floor), r.replica_id in sent, r.in_flight, r.replica_id))
         chosen = {r.replica_id for r in near}
         return near + sorted((r for r in replicas if r.replica_id not in chosen), key=lambda r: (r.fill, r.replica_id))
 
@@ -126,14 +136,13 @@ class PrefixPolicy:
         return Decision(ranked=ranked, reason=reason, matched_blocks=held.get(ranked[0][0], 0))
 
     def on_routed(self, request: RouteRequest, replica_id: str) -> None:
-        needed = max(1, math.ceil(self.config.min_match_fraction * len(request.block_hashes)))
-        if max(self.index.match(request.block_hashes[:needed]).values(), default=0) < needed:
-            self._cold_count += 1
-            self._cold_turn[replica_id] = self._cold_count
+        uncached = len(request.block_hashes) - self.index.held_by(replica_id, request.block_hashes)
+        sent = self._prefill_sent.get(replica_id)
+        self._prefill_sent[replica_id] = self._prefill_floor() if sent is None else sent + uncached
         self.index.insert(replica_id, request.block_hashes)
 
     def on_replica_removed(self, replica_id: str) -> None:
-        self._cold_turn.pop(replica_id, None)
+        self._prefill_sent.pop(replica_id, None)
         self.index.drop_replica(replica_id)
 
     def index_size(self) -> int:

@@ -63,3 +63,12 @@ def test_match_equals_the_naive_definition():
             if depth:
                 naive[f"r{r}"] = depth
         assert idx.match(hashes) == naive
+
+
+def test_held_by_counts_one_replicas_leading_blocks():
+    idx = PrefixIndex(100)
+    idx.insert("r0", [1, 2, 3])
+    idx.insert("r1", [1, 2])
+    assert [idx.held_by("r0", [1, 2, 3, 4]), idx.held_by("r1", [1, 2, 3]), idx.held_by("r2", [1])] == [3, 2, 0]
+    assert idx.held_by("r1", [1, 5, 2]) == 1  # leading blocks only
+    assert all(idx.held_by(r, [1, 2, 3, 4]) == m for r, m in idx.match([1, 2, 3, 4]).items())

@@ -76,8 +76,8 @@ def test_cold_requests_spread_over_replicas():
     assert sorted(in_flight.values()) == [3, 3, 3, 3]
 
 
-def test_cold_prompts_rotate_by_turn_not_by_load():
-    """No-hit LRU: among replicas within imbalance_abs of the least loaded, the least recently cold one."""
+def test_cold_prompts_go_where_least_prefill_was_sent_not_by_load():
+    """Among replicas within imbalance_abs of the least loaded, the one sent the fewest uncached blocks."""
     p = PrefixPolicy()
     # r2 is 40 above the least loaded (beyond the slack of 32) but under 1.5x it: no cluster-wide imbalance
     loads = [ReplicaLoad("r0", 100, 200), ReplicaLoad("r1", 105, 200), ReplicaLoad("r2", 140, 200)]
@@ -88,6 +88,49 @@ def test_cold_prompts_rotate_by_turn_not_by_load():
         p.on_routed(req, d.first)
         chosen.append((d.first, d.reason))
     assert chosen == [("r0", "cold"), ("r1", "cold"), ("r0", "cold"), ("r1", "cold")]
+
+
+def test_a_replica_busy_with_hits_gets_fewer_cold_prompts():
+    """Hits count their uncached tail: r0's prefix is hot, so the next two cold prompts go to r1."""
+    p = PrefixPolicy()
+    loads = _replicas(0, 0, capacity=64)
+    for rid, replica in (("a", "r0"), ("b", "r1")):  # one 8-block cold prompt each
+        p.on_routed(_req(range(1000 * ord(rid), 1000 * ord(rid) + 8), rid=rid), replica)
+    for i in range(3):  # three hits on r0's prefix, each with 2 blocks of its own
+        hit = _req([*range(1000 * ord("a"), 1000 * ord("a") + 8), 50_000 + 2 * i, 50_001 + 2 * i], rid=f"hit{i}")
+        assert p.choose(hit, loads).first == "r0"
+        p.on_routed(hit, "r0")
+    chosen = []
+    for i in range(3):
+        cold = _req(range(100 * i + 1, 100 * i + 9), rid=f"cold{i}")
+        d = p.choose(cold, loads)
+        p.on_routed(cold, d.first)
+        chosen.append((d.first, d.reason))
+    # sent (a replica's first request joins it to the count): r0 3 x 2 = 6, r1 0 -> r1 (8) -> r0 (14)
+    assert chosen == [("r1", "cold"), ("r0", "cold"), ("r1", "cold")]
+
+
+def test_a_new_replica_starts_level_with_the_least_worked():
+    """A replica added later takes its share of cold prompts, not every one until it catches up."""
+    p = PrefixPolicy()
+    for i in range(6):
+        p.on_routed(_req(range(100 * i + 1, 100 * i + 9), rid=str(i)), f"r{i % 2}")  # r0 and r1: 16 blocks each
+    chosen = []
+    for i in range(6):
+        cold = _req(range(10_000 + 100 * i, 10_000 + 100 * i + 8), rid=f"new{i}")
+        d = p.choose(cold, _replicas(0, 0, 0, capacity=64))
+        p.on_routed(cold, d.first)
+        chosen.append(d.first)
+    assert Counter(chosen) == {"r0": 2, "r1": 2, "r2": 2}
+
+
+def test_a_removed_replica_is_forgotten_by_the_cold_order():
+    p = PrefixPolicy()
+    p.on_routed(_req(range(1, 9), rid="a"), "r0")
+    p.on_replica_removed("r0")
+    p.on_routed(_req(range(101, 109), rid="b"), "r1")
+    # r0 comes back empty: level with r1, and first on in-flight
+    assert p.choose(_req(range(201, 209), rid="c"), [ReplicaLoad("r0", 0, 64), ReplicaLoad("r1", 1, 64)]).first == "r0"
 
 
 def test_session_affinity_is_stable_and_spreads():
