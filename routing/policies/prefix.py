@@ -16,7 +16,10 @@ The best score wins, with these guards, checked in order:
    the least loaded. Prefill work is counted in blocks a replica did not hold when a request was sent
    there (its whole prompt for a cold one, the uncached tail for a hit), so a replica busy with a hot
    prefix's hits gets fewer new prefixes; in-flight counts would mix cheap cached requests up with
-   expensive cold prefills. (Ray Serve LLM's smallest-tree rule, counted in uncached blocks; it replaced
+   expensive cold prefills. The count fades over the last ``prefill_memory`` routed requests per
+   replica: a replica that was busy an hour ago is not kept from new prefixes now (without the fade,
+   one replica's long run of agent turns sent the next workload's cold prompts all to the other).
+   (Ray Serve LLM's smallest-tree rule, counted in uncached blocks; it replaced
    llm-d's no-hit LRU, which rotated cold prompts evenly over hot and quiet replicas alike:
    docs/routing-simulator.md.) A replica joins the count level with the least-worked one, its first
    request included, so a new replica takes its share of cold prompts instead of all of them. The
@@ -65,6 +68,15 @@ class PrefixPolicyConfig:
         0.1, ge=0, le=1, description="Share of the prompt a replica must hold to count as a match."
     )
     capacity_blocks: int = Field(65536, ge=1, description="Index entries kept per replica (bounds router memory).")
+    prefill_memory: int = Field(
+        16,
+        ge=1,
+        description="Routed requests per replica over which cold placement remembers the prefill work sent "
+        "(older work fades exponentially).",
+    )
+
+
+_REWEIGH_ABOVE = 1e100
 
 
 def _session_rank(key: str, replica_id: str) -> bytes:
@@ -78,7 +90,9 @@ class PrefixPolicy:
     def __init__(self, config: PrefixPolicyConfig | None = None) -> None:
         self.config = config or PrefixPolicyConfig()
         self.index = PrefixIndex(self.config.capacity_blocks)
-        self._prefill_sent: dict[str, int] = {}  # replica -> blocks it did not hold when requests were sent
+        # replica -> prefill work sent (blocks it did not hold), each block counted at the weight of its day
+        self._prefill_sent: dict[str, float] = {}
+        self._weight = 1.0  # grows with every routed request, so that older work fades
 
     def choose(self, request: RouteRequest, replicas: Sequence[ReplicaLoad]) -> Decision:
         cfg = self.config
@@ -114,7 +128,7 @@ class PrefixPolicy:
         reason = "session" if session is not None and best[0].replica_id == session else "prefix"
         return self._ranked(best, reason, held)
 
-    def _prefill_floor(self) -> int:
+    def _prefill_floor(self) -> float:
         """Where a replica this router never sent a request to ranks, and joins the count: level with the
         least-worked one (ahead of it on a tie)."""
         return min(self._prefill_sent.values(), default=0)
@@ -137,8 +151,13 @@ class PrefixPolicy:
 
     def on_routed(self, request: RouteRequest, replica_id: str) -> None:
         uncached = len(request.block_hashes) - self.index.held_by(replica_id, request.block_hashes)
+        window = max(2, self.config.prefill_memory * len(self._prefill_sent))  # routed requests remembered
+        self._weight /= 1 - 1 / window
         sent = self._prefill_sent.get(replica_id)
-        self._prefill_sent[replica_id] = self._prefill_floor() if sent is None else sent + uncached
+        self._prefill_sent[replica_id] = self._prefill_floor() if sent is None else sent + uncached * self._weight
+        if self._weight > _REWEIGH_ABOVE:  # the same order, in smaller numbers
+            self._prefill_sent = {r: v / self._weight for r, v in self._prefill_sent.items()}
+            self._weight = 1.0
         self.index.insert(replica_id, request.block_hashes)
 
     def on_replica_removed(self, replica_id: str) -> None:
