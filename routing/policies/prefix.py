@@ -17,7 +17,7 @@ The best score wins, with these guards, checked in order:
    there (its whole prompt for a cold one, the uncached tail for a hit), so a replica busy with a hot
    prefix's hits gets fewer new prefixes; in-flight counts would mix cheap cached requests up with
    expensive cold prefills. The count fades over the last ``prefill_memory`` routed requests per
-   replica: a replica that was busy an hour ago is not kept from new prefixes now (without the fade,
+   replica: a replica that was busy many routed requests ago is not kept from new prefixes now (without the fade,
    one replica's long run of agent turns sent the next workload's cold prompts all to the other).
    (Ray Serve LLM's smallest-tree rule, counted in uncached blocks; it replaced
    llm-d's no-hit LRU, which rotated cold prompts evenly over hot and quiet replicas alike:
@@ -31,7 +31,9 @@ dozens of replicas the in-flight spread near saturation exceeds 8 most of the ti
 then scattered prefixes over the cluster.
 
 ``on_routed`` records the prompt's blocks for the chosen replica at once, so siblings of a burst
-sharing a prefix follow the first before the engine has even started it. In precise mode
+sharing a prefix follow the first before the engine has even started it, and adds the blocks it did not
+hold to its prefill count. The count is this router's own: a sibling router's decisions reach the index
+through ``observe`` but not the count, so each router balances the cold prompts it places itself. In precise mode
 ``observe`` applies the engines' KV events: stored blocks are added, evicted ones removed, a cleared
 cache forgotten, so the index follows what each replica really holds.
 
@@ -76,6 +78,8 @@ class PrefixPolicyConfig:
     )
 
 
+# The fading weight is brought back to 1 (every count divided by it) above this: far below a float's
+# maximum (~1.8e308), so weight x blocks never overflows, and rare enough that the O(replicas) pass is free.
 _REWEIGH_ABOVE = 1e100
 
 
@@ -131,7 +135,7 @@ class PrefixPolicy:
     def _prefill_floor(self) -> float:
         """Where a replica this router never sent a request to ranks, and joins the count: level with the
         least-worked one (ahead of it on a tie)."""
-        return min(self._prefill_sent.values(), default=0)
+        return min(self._prefill_sent.values(), default=0.0)
 
     def _cold_order(self, replicas: Sequence[ReplicaLoad]) -> list[ReplicaLoad]:
         least = min(r.in_flight for r in replicas)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
 import pytest
 
 from routing.policies import POLICIES, PowerOfTwoPolicy, PrefixPolicy, PrefixPolicyConfig, RoundRobinPolicy
+from routing.policies import prefix as prefix_module
 from routing.policy import ReplicaLoad, RouteRequest
 
 
@@ -76,8 +78,8 @@ def test_cold_requests_spread_over_replicas():
     assert sorted(in_flight.values()) == [3, 3, 3, 3]
 
 
-def test_cold_prompts_go_where_least_prefill_was_sent_not_by_load():
-    """Among replicas within imbalance_abs of the least loaded, the one sent the fewest uncached blocks."""
+def test_cold_prompts_stay_within_imbalance_abs_of_the_least_loaded():
+    """A replica more than imbalance_abs above the least loaded gets no cold prompt, however little it was sent."""
     p = PrefixPolicy()
     # r2 is 40 above the least loaded (beyond the slack of 32) but under 1.5x it: no cluster-wide imbalance
     loads = [ReplicaLoad("r0", 100, 200), ReplicaLoad("r1", 105, 200), ReplicaLoad("r2", 140, 200)]
@@ -121,7 +123,8 @@ def test_a_new_replica_starts_level_with_the_least_worked():
         d = p.choose(cold, _replicas(0, 0, 0, capacity=64))
         p.on_routed(cold, d.first)
         chosen.append(d.first)
-    assert set(chosen) == {"r0", "r1", "r2"} and chosen.count("r2") <= 3, chosen
+    # r2 joins level with the least-worked (its first request counts nothing), then all three take turns
+    assert chosen == ["r2", "r0", "r2", "r1", "r0", "r2"], chosen
 
 
 def test_prefill_work_sent_long_ago_fades():
@@ -143,11 +146,32 @@ def test_prefill_work_sent_long_ago_fades():
 
 def test_a_removed_replica_is_forgotten_by_the_cold_order():
     p = PrefixPolicy()
-    p.on_routed(_req(range(1, 9), rid="a"), "r0")
+    for i in range(3):  # r0: two counted prompts (16 blocks); r1: one, its first (0)
+        p.on_routed(_req(range(100 * i + 1, 100 * i + 9), rid=str(i)), "r0" if i < 2 else "r1")
     p.on_replica_removed("r0")
-    p.on_routed(_req(range(101, 109), rid="b"), "r1")
-    # r0 comes back empty: level with r1, and first on in-flight
-    assert p.choose(_req(range(201, 209), rid="c"), [ReplicaLoad("r0", 0, 64), ReplicaLoad("r1", 1, 64)]).first == "r0"
+    # r0 comes back empty, level with r1, and ahead of it on the tie; remembered, it would rank after r1
+    loads = [ReplicaLoad("r0", 1, 64), ReplicaLoad("r1", 0, 64)]
+    assert p.choose(_req(range(1001, 1009), rid="c"), loads).first == "r0"
+
+
+def test_reweighing_keeps_the_order(monkeypatch: pytest.MonkeyPatch):
+    """The fading weight is brought back to 1 when it grows large; decisions are those without that."""
+
+    def decisions() -> list[str]:
+        p = PrefixPolicy(PrefixPolicyConfig(prefill_memory=1))  # two replicas: the weight doubles per request
+        rng = random.Random(7)
+        out = []
+        for i in range(600):  # 2^600 is past the reweigh bound and still a finite float
+            req = _req(range(10_000 * i, 10_000 * i + rng.randrange(1, 12)), rid=str(i))
+            d = p.choose(req, _replicas(0, 0, capacity=64))
+            p.on_routed(req, d.first)
+            out.append(d.first)
+        assert all(math.isfinite(v) for v in p._prefill_sent.values())
+        return out
+
+    reweighed = decisions()
+    monkeypatch.setattr(prefix_module, "_REWEIGH_ABOVE", math.inf)
+    assert reweighed == decisions()
 
 
 def test_session_affinity_is_stable_and_spreads():
