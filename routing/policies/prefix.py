@@ -17,11 +17,11 @@ The best score wins, with these guards, checked in order:
    there (its whole prompt for a cold one, the uncached tail for a hit), so a replica busy with a hot
    prefix's hits gets fewer new prefixes; in-flight counts would mix cheap cached requests up with
    expensive cold prefills. The count fades over the last ``prefill_memory`` routed requests per
-   replica: a replica that was busy many routed requests ago is not kept from new prefixes now (without the fade,
-   one replica's long run of agent turns sent the next workload's cold prompts all to the other).
-   (Ray Serve LLM's smallest-tree rule, counted in uncached blocks; it replaced
-   llm-d's no-hit LRU, which rotated cold prompts evenly over hot and quiet replicas alike:
-   docs/routing-simulator.md.) A replica joins the count level with the least-worked one, its first
+   replica: a replica that was busy many routed requests ago is not kept from new prefixes now
+   (without the fade, one replica's long run of agent turns sent the next workload's cold prompts all
+   to the other). This is Ray Serve LLM's smallest-tree rule, counted in uncached blocks; it replaced
+   llm-d's no-hit LRU, which rotated cold prompts evenly over hot and quiet replicas alike
+   (docs/routing-simulator.md). A replica joins the count level with the least-worked one, its first
    request included, so a new replica takes its share of cold prompts instead of all of them. The
    threshold keeps a short shared preamble (BOS and chat-template boilerplate, a block or two every
    prompt has) from pulling every new conversation onto the first replica.
@@ -31,11 +31,11 @@ dozens of replicas the in-flight spread near saturation exceeds 8 most of the ti
 then scattered prefixes over the cluster.
 
 ``on_routed`` records the prompt's blocks for the chosen replica at once, so siblings of a burst
-sharing a prefix follow the first before the engine has even started it, and adds the blocks it did not
-hold to its prefill count. The count is this router's own: a sibling router's decisions reach the index
-through ``observe`` but not the count, so each router balances the cold prompts it places itself. In precise mode
-``observe`` applies the engines' KV events: stored blocks are added, evicted ones removed, a cleared
-cache forgotten, so the index follows what each replica really holds.
+sharing a prefix follow the first before the engine has even started it, and adds the blocks it did
+not hold to its prefill count. The count is this router's own: a sibling router's decisions reach the
+index through ``observe`` but not the count, so each router balances the cold prompts it places itself.
+In precise mode ``observe`` applies the engines' KV events: stored blocks are added, evicted ones
+removed, a cleared cache forgotten, so the index follows what each replica really holds.
 
 Parameters: :class:`PrefixPolicyConfig`, their one definition (``routing.prefix`` in the app's YAML files).
 """
