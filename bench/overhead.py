@@ -377,7 +377,7 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     plot(results, args.out.with_suffix(".png"))
     print("\n" + results["label"] + "\n\n" + report(results) + "\n\n" + cpu_report(results))
-    if args.out.parent == RESULTS:
+    if args.out.resolve().parent == RESULTS:  # a relative --out (as docs/benchmarks.md writes it) counts too
         write_docs(RESULTS)
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
 
