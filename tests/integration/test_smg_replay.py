@@ -11,8 +11,10 @@ own command line (``PeerArm.argv``); only the engines are fakes.
   served model; ``owned_by: vllm`` makes the worker a vLLM one, as the benchmark's engines are); it also asks
   ``/version`` and reads load reports at ``/loads``, ``/v1/loads`` and ``/metrics`` (an unidentified engine is
   asked ``/server_info``, ``/get_server_info``, ``/model_info`` and ``/get_model_info`` too). The fakes answer
-  those with 404, which the gateway tolerates: with no load report from any worker it takes a worker's load to
-  be its own count of requests in flight there, the load the model is given. A chat completion is answered
+  those with 404, which the gateway tolerates: with no load report from any worker it ranks workers by its own
+  count of requests in flight there (a dark fleet), the load the model is given. In a case with reports,
+  ``/metrics`` answers with vLLM's gauges instead (the requests the fake holds as running), as real engines do in
+  the benchmark. A chat completion is answered
   non-streaming with an OpenAI-shaped body and usage. Each fake records which requests reached it (by the
   ``x-request-id`` header, which smg forwards) and holds a request open until the test releases it, so the test
   sets every worker's in-flight count exactly: that is how the load-dependent branches are driven
@@ -36,7 +38,11 @@ own command line (``PeerArm.argv``); only the engines are fakes.
   - ``busier_recent_holder``: among the holders of the deepest match the least loaded wins
     (``select_matched_candidate``), not the most recently used;
   - ``tuned_balance``: at the benchmark's tuned point (``balance_abs_threshold=2``, ``balance_rel_threshold=1.1``)
-    the gate keeps the holder with 3 in flight against a mean of 1 (not above 1 + 2).
+    the gate keeps the holder with 3 in flight against a mean of 1 (not above 1 + 2);
+  - ``stale_reports``: engines that report loads, scraped once before the replay: the gateway ranks by expected
+    wait, in which a worker's requests are those reported plus those sent since the scrape (``least_load.rs``),
+    so a worker that finished everything it was sent still looks busy until the next scrape, where ranking by
+    live in-flight counts would pick it.
 
   Ties on load are broken at random on both sides (``least_load.rs``; the model's generator is seeded), so
   decisions are compared only where no tie between used workers arises, and
@@ -77,6 +83,7 @@ MODEL = "fake-engine"
 ENGINE_INDEX = web.AppKey("engine_index", int)
 GEOMETRY = BlockGeometry.uniform(16)
 THRESHOLD_MARGIN = 0.1  # every match rate stays this far from cache_threshold, in characters and in blocks
+REPLAYS = 3  # attempts at a replay with no load scrape inside it
 SETTLE_S = 10.0  # longest wait for the gateway to see a request arrive, finish or register (never a timing assert)
 
 # The benchmark's command line (PeerArm.argv) plus what a deterministic replay needs. Nothing here changes how the
@@ -93,16 +100,19 @@ PINNED_FLAGS: tuple[str, ...] = (
     "--disable-retries",
     "--disable-circuit-breaker",
     "--disable-health-check",
-    # The gateway's load must be its own in-flight count, the load the model is given: no polling of the engines'
-    # load reports (the fakes have none to give) and no overload veto read from them.
+    # Engines are polled for load reports only because the policy needs them (cache_aware ranks by expected wait):
+    # a fake answers with none (404), or, in a case with reports, is scraped every 10 s (the default), the first
+    # time only if it registered before the monitor's first tick: a replay starts right after a tick that scraped
+    # every engine, and is run again if the next one falls inside it. No overload veto: the loads the test builds
+    # are in flight, not waiting.
     "--disable-load-monitoring",
     "--disable-worker-overload-protection",
     # A held request is a worker with requests in flight and no progress: after 3 s (--worker-wedge-secs) the
     # gateway would stop routing to it, and --worker-stall-secs excludes a silent worker after a transport error.
     *("--worker-wedge-secs", "600"),
     *("--worker-stall-secs", "600"),
-    # The warm-up slice sends a share of cache misses (and diverts a share of hits) to new or thin workers, a
-    # mechanism outside the algorithm the model follows.
+    # The warm-up slice sends a share of cache misses (and diverts a share of hits) to new or thin workers; the
+    # gateway runs it only in the event-driven mode (gRPC with KV events), not on this path: off, to keep it so.
     *("--worker-warmup-secs", "0"),
     *("--worker-warmup-divert-every", "0"),
     *("--worker-warmup-thin-ratio", "0"),
@@ -132,6 +142,8 @@ class FakeEngines:
         self._to_hold: set[str] = set()
         self._arrivals: dict[str, int] = {}  # request id -> engine index
         self._gates: dict[str, asyncio.Event] = {}  # held requests that arrived and are not released yet
+        self._reports = False  # whether /metrics answers with vLLM's load gauges (else 404: a dark fleet)
+        self._scrapes = [0] * count  # /metrics answered with gauges, per engine
 
     def start(self) -> None:
         self._thread.start()
@@ -149,6 +161,7 @@ class FakeEngines:
             app[ENGINE_INDEX] = index
             app.router.add_get("/health", self._health)
             app.router.add_get("/v1/models", self._models)
+            app.router.add_get("/metrics", self._metrics)
             app.router.add_post("/v1/chat/completions", self._chat)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
@@ -165,6 +178,29 @@ class FakeEngines:
     async def _models(self, request: web.Request) -> web.Response:
         model = {"id": MODEL, "object": "model", "created": 0, "owned_by": "vllm", "max_model_len": 65536}
         return web.json_response({"object": "list", "data": [model]})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """vLLM's gauges as the gateway reads them: the requests this engine holds run, none wait, no KV in use."""
+        index = request.app[ENGINE_INDEX]
+        with self._lock:
+            if not self._reports:
+                raise web.HTTPNotFound()
+            running = sum(1 for rid in self._gates if self._arrivals[rid] == index)
+            self._scrapes[index] += 1
+        labels = f'{{model_name="{MODEL}"}}'
+        gauges = {"num_requests_running": running, "num_requests_waiting": 0, "kv_cache_usage_perc": 0.0}
+        return web.Response(text="".join(f"vllm:{name}{labels} {value}\n" for name, value in gauges.items()))
+
+    def report_loads(self, on: bool) -> None:
+        """Answer ``/metrics`` with load gauges (or 404), counting scrapes afresh."""
+        with self._lock:
+            self._reports = on
+            self._scrapes = [0] * len(self.urls)
+
+    def scrapes(self) -> tuple[int, ...]:
+        """Scrapes per engine since :meth:`report_loads`."""
+        with self._lock:
+            return tuple(self._scrapes)
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -247,6 +283,12 @@ def engines() -> Iterator[FakeEngines]:
 class Gateway:
     url: str
     log: Path
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=SETTLE_S)
 
     def decisions(self) -> dict[str, dict[str, str]]:
         """Request id -> the gateway's own account of its decision, from its debug log: ``branch``,
@@ -261,19 +303,23 @@ class Gateway:
 
 
 @pytest.fixture()
-def start_gateway(engines: FakeEngines, tmp_path: Path) -> Iterator[Callable[[tuple[tuple[str, str], ...]], Gateway]]:
-    """Starts ``smg`` for a PeerArm's knobs in front of the fake engines; every one is killed at teardown."""
-    procs: list[subprocess.Popen[bytes]] = []
+def start_gateway(engines: FakeEngines, tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """Starts ``smg`` for a PeerArm's knobs in front of the fake engines; every one is killed at teardown.
 
-    def start(knobs: tuple[tuple[str, str], ...]) -> Gateway:
+    With ``reports``, the engines answer load scrapes, and the gateway is ready once a tick has read every one's.
+    """
+    gateways: list[Gateway] = []
+
+    def start(knobs: tuple[tuple[str, str], ...], reports: bool = False) -> Gateway:
+        engines.report_loads(reports)
         port = free_port()
         argv = PeerArm("smg", "cache_aware", knobs).argv(port, engines.urls)
         argv += [*PINNED_FLAGS, "--prometheus-port", str(free_port())]
         log = tmp_path / f"smg-{port}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
-        gateway = Gateway(f"http://127.0.0.1:{port}", log)
+        gateway = Gateway(f"http://127.0.0.1:{port}", log, proc)
+        gateways.append(gateway)
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
@@ -281,7 +327,8 @@ def start_gateway(engines: FakeEngines, tmp_path: Path) -> Iterator[Callable[[tu
             with contextlib.suppress(httpx.HTTPError, ValueError):
                 ready = httpx.get(f"{gateway.url}/readiness", timeout=1)
                 if ready.status_code == 200 and ready.json().get("healthy_workers") == len(engines.urls):
-                    return gateway
+                    if not reports or min(engines.scrapes()) > 0:
+                        return gateway
             if time.monotonic() > deadline:
                 raise RuntimeError(f"smg not ready in 30 s:\n{log.read_text(errors='replace')[-3000:]}")
             time.sleep(0.05)
@@ -289,10 +336,8 @@ def start_gateway(engines: FakeEngines, tmp_path: Path) -> Iterator[Callable[[tu
     try:
         yield start
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=SETTLE_S)
+        for gateway in gateways:
+            gateway.stop()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -433,16 +478,37 @@ def _tuned_balance() -> tuple[Step, ...]:
     )
 
 
+def _stale_reports() -> tuple[Step, ...]:
+    """Engines that report loads, scraped once, before the first request: a worker's expected wait is the requests
+    sent to it since, floored at its live count, so its completions go unseen until the next scrape."""
+    sessions = [conversation(f"w{i}-", 100 + i, LONG_SYSTEM, 1, 20) for i in range(3)]
+    m = conversation("m", 110, SHORT_SYSTEM, 2, 120)
+    n, o = (conversation(name, seed, SHORT_SYSTEM, 1, 120) for name, seed in (("n", 111), ("o", 112)))
+    return (
+        *(s.turn(1, hold=True) for s in sessions),  # cold, then two hits: X; in flight (3, 0, 0), sent (3, 0, 0)
+        *(Release(f"w{i}-1") for i in range(3)),  # in flight (0, 0, 0): X's three still count in its wait
+        m.turn(1, hold=True),  # cold: Y, not X (sent 3, 0, 0)
+        m.turn(2, hold=True),  # hit: Y, in flight (0, 2, 0)
+        n.turn(1, hold=True),  # cold: Z (sent 3, 2, 0); by live counts X and Z would tie
+        o.turn(1, hold=True),  # cold: Z (sent 3, 2, 1); by live counts X (0, 2, 1)
+        *(Release(rid) for rid in ("m1", "m2", "n1", "o1")),
+    )
+
+
 @dataclass(frozen=True)
 class Case:
     trace: tuple[Step, ...]
     knobs: tuple[tuple[str, str], ...] = ()  # the PeerArm's flags that differ from smg's defaults
+    reports: bool = False  # whether the engines report loads (one scrape before the replay, none during it)
 
     def model_config(self) -> SglangCacheAwareConfig:
         """The model at the same point: smg's CLI defaults are SglangCacheAwareConfig's."""
         knobs = {flag.replace("-", "_"): value for flag, value in self.knobs}
         return SglangCacheAwareConfig(
-            **{name: int(v) if name == "balance_abs_threshold" else float(v) for name, v in knobs.items()}
+            **{name: int(v) if name == "balance_abs_threshold" else float(v) for name, v in knobs.items()},
+            # The replay's one scrape comes before its first decision; the model's clock (a step a second) never
+            # reaches its next one.
+            load_monitor_interval_s=3600.0 if self.reports else None,
         )
 
 
@@ -625,12 +691,11 @@ CASES = [
     pytest.param(
         Case(_tuned_balance(), (("balance-abs-threshold", "2"), ("balance-rel-threshold", "1.1"))), id="tuned_balance"
     ),
+    pytest.param(Case(_stale_reports(), reports=True), id="stale_reports"),
 ]
 
 
-def test_an_idle_cluster_spreads_new_conversations(
-    engines: FakeEngines, start_gateway: Callable[[tuple[tuple[str, str], ...]], Gateway]
-):
+def test_an_idle_cluster_spreads_new_conversations(engines: FakeEngines, start_gateway: Callable[..., Gateway]):
     """Twelve unrelated conversations, one at a time: both break the load ties at random, neither piles them onto
     one worker (an older model sent every tie to the first). All on one worker by chance: 3 in 3^12."""
     case = Case(_cold_ties())
@@ -639,12 +704,17 @@ def test_an_idle_cluster_spreads_new_conversations(
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_gateway_routes_as_the_model_says(
-    case: Case, engines: FakeEngines, start_gateway: Callable[[tuple[tuple[str, str], ...]], Gateway]
-):
+def test_gateway_routes_as_the_model_says(case: Case, engines: FakeEngines, start_gateway: Callable[..., Gateway]):
     expected = model_replay(case)
-    gateway = start_gateway(case.knobs)
-    routed = asyncio.run(gateway_replay(gateway, engines, case.trace))
+    for _ in range(REPLAYS):
+        gateway = start_gateway(case.knobs, reports=case.reports)
+        scrapes = engines.scrapes()
+        routed = asyncio.run(gateway_replay(gateway, engines, case.trace))
+        if engines.scrapes() == scrapes:
+            break
+        gateway.stop()  # a tick fell inside the replay: the decisions after it saw other reports than the model's
+    else:
+        raise AssertionError(f"a load scrape fell inside each of {REPLAYS} replays")
 
     sends = [step for step in case.trace if isinstance(step, Send)]
     deadline = time.monotonic() + SETTLE_S  # the gateway's log writer may lag a little behind its decisions

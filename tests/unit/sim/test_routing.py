@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -175,11 +176,12 @@ def test_ray_baseline_evicts_only_when_asked():
     assert ray.index_size() == 5  # no eviction before the interval
 
 
+DARK = SglangCacheAwareConfig(load_monitor_interval_s=None)  # engines without load reports: live in-flight counts
+
+
 def test_sglang_baseline_spills_a_busy_holder_past_both_thresholds_and_evicts_by_size():
     now = [0.0]
-    cfg = SglangCacheAwareConfig(
-        balance_abs_threshold=4, balance_rel_threshold=2.0, eviction_interval_s=1, max_tree_blocks=1
-    )
+    cfg = replace(DARK, balance_abs_threshold=4, balance_rel_threshold=2.0, eviction_interval_s=1, max_tree_blocks=1)
     sg = SglangCacheAwarePolicy(lambda: now[0], cfg)
     sg.on_routed(RouteRequest("a", (1, 2, 3)), "r2")
     req = RouteRequest("b", (1, 2, 3, 4))
@@ -194,7 +196,7 @@ def test_sglang_baseline_spills_a_busy_holder_past_both_thresholds_and_evicts_by
 
 
 def test_sglang_baseline_margin_is_capped_at_the_load_swing_and_the_least_loaded_holder_wins():
-    sg = SglangCacheAwarePolicy(lambda: 0.0)  # the gateway's defaults: abs 64, rel 1.5
+    sg = SglangCacheAwarePolicy(lambda: 0.0, DARK)  # the gateway's defaults otherwise: abs 64, rel 1.5
     sg.on_routed(RouteRequest("a", (1, 2, 3)), "r2")
     hot = RouteRequest("b", (1, 2, 3, 4))
     # The margin is max(4, ceil(2 sqrt(mean))), not 64: the 7th in flight at the holder spills, the 6th does not.
@@ -205,10 +207,57 @@ def test_sglang_baseline_margin_is_capped_at_the_load_swing_and_the_least_loaded
     # Two holders of the deepest match: the least loaded wins, however recently the other was used.
     sg.on_routed(RouteRequest("c", (1, 2, 3)), "r0")
     assert sg.choose(hot, _loads(3, 0, 1)).ranked[0] == ("r2",)
-    # A holder whose engine reports itself overloaded is left out while another worker is under the thresholds.
+
+
+def test_sglang_baseline_leaves_out_overloaded_workers_and_routes_around_itself_when_all_are():
+    """The veto reads the last poll's reports; with every worker over, the least loaded takes it, unrecorded."""
+    sg = SglangCacheAwarePolicy(lambda: 0.0)
+    sg.on_routed(RouteRequest("a", (1, 2, 3)), "r2")
+    sg.on_routed(RouteRequest("a", (1, 2, 3)), "r0")
+    hot = RouteRequest("b", (1, 2, 3, 4))
     busy = [ReplicaLoad("r0", 1, 64, waiting=8), ReplicaLoad("r1", 0, 64), ReplicaLoad("r2", 1, 64, kv_usage=0.8)]
-    assert sg.choose(hot, busy).ranked[0] == ("r1",)
-    assert sg.choose(hot, busy[::2]).reason == "prefix"  # every worker over: none is left out
+    d = sg.choose(hot, busy)  # the poll at t=0: r0 and r2, the holders, are over the thresholds
+    assert (d.first, d.reason) == ("r1", "cold")
+    over = SglangCacheAwarePolicy(lambda: 0.0)
+    over.on_routed(RouteRequest("a", (1, 2, 3)), "r0")
+    d = over.choose(hot, busy[::2])  # every worker over: r2 holds as many in flight as r0 but r0 holds the prefix
+    assert d.reason == "overload_fallback" and d.first in {"r0", "r2"}
+    over.on_routed(hot, d.first)
+    assert over.tree.match((1, 2, 3, 4), {"r0", "r2"})[0] == 3  # the fallback's request was not recorded
+
+
+def test_sglang_baseline_ranks_by_expected_wait_from_polled_reports():
+    """Between polls a worker's wait is its reported requests plus those sent since, floored at the live count;
+    completions show only at the next poll, and the KV barrier adds 0.15 k / (1 - k) seconds."""
+    now = [0.0]
+    sg = SglangCacheAwarePolicy(lambda: now[0])
+    per_request = 1024 / 2000  # seconds: the mean prefill at the default throughput
+    new = iter(RouteRequest(f"m{i}", (1000 + i,)) for i in range(100))
+    assert sg.choose(next(new), _loads(3, 0, 1)).first == "r1"  # the poll at t=0: r0 3, r1 0, r2 1
+    for replica in ("r1", "r1", "r1"):
+        sg.on_routed(next(new), replica)  # since the poll: r1 3
+    # Live, r0 finished everything and r1 holds 3; reported plus sent: r0 3, r1 3, r2 1.
+    assert sg.choose(next(new), _loads(0, 3, 1)).first == "r2"
+    sg.on_routed(next(new), "r2")
+    sg.on_routed(next(new), "r2")  # r2 3: now a three-way tie, drawn at random
+    assert {sg.choose(next(new), _loads(0, 3, 3)).first for _ in range(30)} == {"r0", "r1", "r2"}
+    assert sg.choose(next(new), _loads(0, 3, 5)).first in {"r0", "r1"}  # the live count floors r2 at 5
+    now[0] = 10.0  # the next poll sees the completions
+    assert sg.choose(next(new), _loads(0, 3, 3)).first == "r0"
+    # KV usage 0.75 costs 0.15 x 3 = 0.45 s, under one request's 0.51 s: r0 (1 request, k 0.75) beats r1 (2).
+    now[0] = 20.0
+    kv = [ReplicaLoad("r0", 1, 64, kv_usage=0.75), ReplicaLoad("r1", 2, 64), ReplicaLoad("r2", 3, 64)]
+    assert 0.15 * 0.75 / 0.25 < per_request
+    assert sg.choose(next(new), kv).first == "r0"
+    now[0] = 30.0
+    kv = [ReplicaLoad("r0", 1, 64, kv_usage=0.78), ReplicaLoad("r1", 2, 64), ReplicaLoad("r2", 3, 64)]
+    assert sg.choose(next(new), kv).first == "r1"  # 0.15 x 3.5 = 0.53 s: one request's worth and more
+    # A worker that joined after the last poll is priced as the best reporting one plus its own live count: never
+    # cheaper than a worker whose load is known, never starved.
+    now[0] = 40.0
+    assert sg.choose(next(new), _loads(2, 2, 2)).first in {"r0", "r1", "r2"}  # the poll: 2 requests each
+    assert sg.choose(next(new), [*_loads(2, 2, 2), ReplicaLoad("r3", 1, 64)]).first != "r3"
+    assert "r3" in {sg.choose(next(new), [*_loads(2, 2, 2), ReplicaLoad("r3", 0, 64)]).first for _ in range(30)}
 
 
 def test_sglang_baseline_breaks_ties_at_random_reproducibly():
