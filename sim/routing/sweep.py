@@ -72,13 +72,16 @@ def _prefix(engine: EngineModel, cfg: PrefixPolicyConfig) -> PolicyFactory:
 
 # Each baseline's knobs beside its shipped defaults: Ray's imbalance guard at its docs' example (10) and
 # at half a replica's batch (32, our own guard's setting); SGLang's gateway at the thresholds and balance
-# setting the real-engine grid tries (bench/peer_routers.py).
+# setting the real-engine grid tries (bench/peer_routers.py), and with fresher load reports (its shortest
+# monitor interval, 1 s) or none of its overload veto, which acts on reports up to an interval old.
 BASELINE_GRID: dict[str, tuple[dict[str, float], ...]] = {
     "ray_prefix": ({"imbalanced_threshold": 10}, {"imbalanced_threshold": 32}),
     "sglang_cache_aware": (
         {"cache_threshold": 0.5},
         {"cache_threshold": 0.8},
         {"balance_abs_threshold": 2, "balance_rel_threshold": 1.1},
+        {"load_monitor_interval_s": 1},
+        {"worker_overload_protection": False},
     ),
 }
 

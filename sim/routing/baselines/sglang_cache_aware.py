@@ -88,7 +88,8 @@ class SglangCacheAwareConfig:
     max_tree_blocks: int = 2**26 // 4 // 16
     # None: the engines give no load reports (a dark fleet), so no overload veto and the expected wait is the
     # live in-flight count.
-    load_monitor_interval_s: float | None = 10.0
+    load_monitor_interval_s: float | None = 10.0  # --load-monitor-interval (at least 1 s)
+    worker_overload_protection: bool = True  # --disable-worker-overload-protection turns it off
     mean_prefill_tokens: int = 1024
     default_throughput: float = 2000.0
     kv_pressure_weight: float = 0.15
@@ -159,7 +160,9 @@ class SglangCacheAwarePolicy:
 
     def _overloaded(self, replica_id: str) -> bool:
         report = self._reports.get(replica_id)
-        return report is not None and (report.waiting >= OVERLOAD_WAITING or report.kv_usage >= OVERLOAD_KV_USAGE)
+        if report is None or not self.config.worker_overload_protection:
+            return False
+        return report.waiting >= OVERLOAD_WAITING or report.kv_usage >= OVERLOAD_KV_USAGE
 
     def _least_expected_wait(self, candidates: Collection[str], load: dict[str, int]) -> str:
         """The candidate with the least expected wait; ties (within 1e-6) drawn at random, in the order given."""
