@@ -123,11 +123,24 @@ class ReplicaReport:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptHashing:
+    """How a router hashes prompts: in its replicas' reported geometry, at most ``max_blocks`` blocks, from the
+    engines' NONE_HASH seed. A router publishes its own so that the ingress, in the same process, can hash a prompt
+    in its render pool exactly as the router would, off the event loop the router runs on."""
+
+    geometry: BlockGeometry
+    max_blocks: int | None
+    seed: str
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingHint:
     """What the ingress knows about a request that the router needs; passed to the engine call as ``routing=``."""
 
     token_ids: tuple[int, ...] = ()  # the prompt as the engine will see it (chat template applied)
     session_key: str | None = None  # x-session-id or the OpenAI `user` field, when session affinity is on
+    block_hashes: tuple[int, ...] = ()  # the prompt's block hashes, under ``hashed``
+    hashed: PromptHashing | None = None  # None: not hashed; a router hashing otherwise re-hashes ``token_ids``
 
     @classmethod
     def of(cls, value: object) -> RoutingHint | None:
@@ -137,4 +150,9 @@ class RoutingHint:
         token_ids, session_key = getattr(value, "token_ids", None), getattr(value, "session_key", None)
         if token_ids is None:
             raise TypeError(f"routing hint {type(value).__name__} has no token_ids")
-        return cls(tuple(token_ids), session_key)
+        hashed = getattr(value, "hashed", None)
+        if hashed is not None:  # a by-value copy too: equal in fields
+            g = hashed.geometry
+            geometry = BlockGeometry(g.block_size, g.group_block_size, g.align_tokens)
+            hashed = PromptHashing(geometry, hashed.max_blocks, hashed.seed)
+        return cls(tuple(token_ids), session_key, tuple(getattr(value, "block_hashes", ())), hashed)

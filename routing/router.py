@@ -4,7 +4,8 @@ A :class:`Router` turns a request into the policy's inputs and keeps what the po
 
 * **the prompt's hashes**, computed once per request (a request is routed again while every replica is
   full; its hashes and the first choice's predicted match are memoised, bounded) in the block geometry
-  the replicas last reported (:class:`~contracts.engine_report.BlockGeometry`; vLLM's default before any);
+  the replicas last reported (:class:`~contracts.engine_report.BlockGeometry`; vLLM's default before any),
+  or taken from the hint when the ingress hashed the prompt exactly so (:attr:`Router.hashing`);
 * **in-flight counts** per replica: requests this router sent there and that have not completed — exact,
   unlike the replicas' periodic reports, which add their queue and KV usage;
 * **membership**: when the replica set shrinks, every replica that left is forgotten, whether this router
@@ -22,7 +23,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from contracts.engine_report import BlockGeometry, RoutingHint
+from contracts.engine_report import BlockGeometry, PromptHashing, RoutingHint
 from routing.events import KvEvent
 from routing.hashing import DEFAULT_NONE_HASH_SEED, BlockHash, BlockHasher
 from routing.policy import Decision, Policy, ReplicaLoad, RouteRequest
@@ -73,12 +74,19 @@ class Router:
         self.policy = policy
         self.max_prefix_blocks = max_prefix_blocks
         self.geometry = BlockGeometry.DEFAULT
+        self._seed = none_hash_seed
         self._hasher = BlockHasher(seed=none_hash_seed)  # memoised: shared prefixes are hashed once
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._in_flight: Counter[str] = Counter()
         self._routed: dict[str, str] = {}  # request id -> replica, until completed
         self._known: set[str] = set()  # every replica the policy may hold state for
         self._departed: OrderedDict[str, None] = OrderedDict()
+        self.hashed: Counter[str] = Counter()  # prompts by where their hashes were made: "ingress" or "router"
+
+    @property
+    def hashing(self) -> PromptHashing:
+        """How this router hashes a prompt now: a hint hashed so is taken as it is."""
+        return PromptHashing(self.geometry, self.max_prefix_blocks, self._seed)
 
     def request(self, request_id: str, hint: RoutingHint | None, replicas: Sequence[ReplicaView]) -> RouteRequest:
         """The request as the policy sees it: the hint's prompt hashed in the replicas' reported geometry."""
@@ -91,7 +99,12 @@ class Router:
         hashes: tuple[BlockHash, ...] = ()
         session = None
         if hint is not None:
-            hashes = tuple(self._hasher.hashes(hint.token_ids, self.geometry, self.max_prefix_blocks))
+            if hint.hashed is not None and hint.hashed == self.hashing:
+                hashes = tuple(BlockHash(h) for h in hint.block_hashes)
+                self.hashed["ingress"] += 1
+            elif hint.token_ids:
+                hashes = tuple(self._hasher.hashes(hint.token_ids, self.geometry, self.max_prefix_blocks))
+                self.hashed["router"] += 1
             session = hint.session_key
         return RouteRequest(request_id=request_id, block_hashes=hashes, session_key=session)
 

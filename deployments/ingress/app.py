@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -38,6 +39,7 @@ from deployments.ingress.errors import ApiError, error_body
 from deployments.ingress.ingress_metrics import CachedText, IngressMetrics, engine_exposition, ingress_exposition
 from deployments.ingress.openapi import openapi_document
 from deployments.ingress.prompt import RenderedPrompt, load_tokenizer, render_prompt, routing_hint, template_variables
+from deployments.ingress.prompt_hasher import PromptHasher
 from deployments.ingress.readiness import Readiness
 from deployments.ingress.validation import (
     ENDPOINTS,
@@ -133,6 +135,7 @@ class Ingress:
         # Rendering a chat template is CPU work that grows with the conversation: off the event loop, in
         # a bounded pool, under a deadline (see _render).
         self._render_pool = ThreadPoolExecutor(config.ingress.render_workers, thread_name_prefix="prompt-render")
+        self._prompt_hasher = PromptHasher()
         protocol("chat"), protocol("completions")  # import vLLM's protocol now, not on the first request
 
     # ----------------------------------------------------------------------------- routes
@@ -256,7 +259,7 @@ class Ingress:
         return response
 
     async def _render(self, kind: str, req: Any, model_id: str) -> RenderedPrompt | None:
-        """The prompt's token ids for the router, rendered in the pool within ``ingress.render_timeout_s``.
+        """The prompt's token ids and block hashes for the router, made in the pool within the render timeout.
 
         None where the model's routing needs no tokens, or the rendering failed or ran out of time: the
         request then routes cold and its engine renders the prompt. A rendering that ran out of time
@@ -265,13 +268,22 @@ class Ingress:
         tokenizer = self._tokenizers.get(model_id)
         if tokenizer is None:
             return None
-        job = asyncio.get_running_loop().run_in_executor(self._render_pool, render_prompt, tokenizer, kind, req)
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self._render_pool, self._render_job, tokenizer, kind, req, model_id)
         try:
             return await asyncio.wait_for(job, self._config.ingress.render_timeout_s)
         except TimeoutError:
             self._metrics.render_timeouts.labels(model_id).inc()
             logger.info("request %s: prompt not rendered within the render timeout; routed cold", req.request_id)
             return None
+
+    def _render_job(self, tokenizer: Any, kind: str, req: Any, model_id: str) -> RenderedPrompt | None:
+        """In the render pool: the prompt's token ids and, once the model's router has said how, its block hashes."""
+        rendered = render_prompt(tokenizer, kind, req)
+        if rendered is None:
+            return None
+        hashes, hashing = self._prompt_hasher.hash(model_id, rendered.token_ids)
+        return replace(rendered, block_hashes=hashes, hashed=hashing)
 
     async def _admit(self, model_id: str, weight: int) -> Slot:
         try:

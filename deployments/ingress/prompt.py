@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config import ModelConfig
-from contracts.engine_report import RoutingHint
+from contracts.engine_report import PromptHashing, RoutingHint
 from deployments.error_kind import error_kind
 
 logger = logging.getLogger(__name__)
@@ -32,10 +32,13 @@ _NOT_CLIENT_VARIABLES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class RenderedPrompt:
-    """A request's prompt token ids as the ingress rendered them, and whether they are exactly vLLM's."""
+    """A request's prompt token ids as the ingress rendered them, whether they are exactly vLLM's, and their block
+    hashes where the model's router had said how it hashes (``deployments/ingress/prompt_hasher.py``)."""
 
     token_ids: list[int]
     exact: bool
+    block_hashes: tuple[int, ...] = ()
+    hashed: PromptHashing | None = None
 
 
 def load_tokenizer(source: str, revision: str | None = None) -> Any:
@@ -164,4 +167,4 @@ def routing_hint(
     # and the router routes on our close approximation.
     if rendered.exact:
         forward_token_ids(kind, req, rendered.token_ids, model.engine.max_model_len)
-    return RoutingHint(token_ids=tuple(rendered.token_ids), session_key=session)
+    return RoutingHint(tuple(rendered.token_ids), session, rendered.block_hashes, rendered.hashed)

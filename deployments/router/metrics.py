@@ -20,9 +20,16 @@ DECISIONS = Counter(
 )
 DECISION_SECONDS = Histogram(
     "dflash_router_decision_seconds",
-    "Time to choose a replica, prompt hashing included.",
+    "Time to choose a replica, prompt hashing included where the router hashed the prompt.",
     ["model", "policy"],
     buckets=(5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2),
+    registry=REGISTRY,
+)
+PROMPTS_HASHED = Counter(
+    "dflash_router_prompts_hashed",
+    "Prompts routed, by where their block hashes were made: `ingress` (its render pool, off the routing loop) or "
+    "`router` (before the router had said how it hashes, or after the replicas' geometry changed).",
+    ["model", "by"],
     registry=REGISTRY,
 )
 PROMPT_TOKENS = Counter(

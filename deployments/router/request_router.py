@@ -25,7 +25,7 @@ from ray.serve.request_router import FIFOMixin, PendingRequest, ReplicaID, Repli
 from config import KvStreamSettings, RoutingConfig
 from contracts.engine_report import ReplicaReport, RoutingHint
 from deployments.kv_stream import StreamFollower
-from deployments.router import metrics, replica_counts
+from deployments.router import metrics, prompt_hashing, replica_counts
 from routing.events import BlocksStored, KvEvent
 from routing.hashing import DEFAULT_NONE_HASH_SEED
 from routing.policies import make_policy
@@ -107,7 +107,11 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
         start = time.perf_counter()
         views = [self._reports.view(r) for r in candidate_replicas]
         hint = RoutingHint.of(pending_request.kwargs.get("routing"))
+        hashed = self._router.hashed.copy()
         request = self._router.request(pending_request.metadata.internal_request_id, hint, views)
+        prompt_hashing.publish(self._model, self._router.hashing)  # the geometry may have just been reported
+        for by, count in (self._router.hashed - hashed).items():
+            metrics.PROMPTS_HASHED.labels(self._model, by).inc(count)
         decision = self._router.choose(request, views)
         metrics.DECISION_SECONDS.labels(self._model, self._policy_name).observe(time.perf_counter() - start)
         metrics.DECISIONS.labels(self._model, self._policy_name, decision.reason).inc()

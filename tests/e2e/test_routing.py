@@ -10,6 +10,7 @@ from __future__ import annotations
 import openai
 import pytest
 
+from bench.prom import sample_total
 from contracts.engine_report import ReplicaReport
 from tests.e2e.served import Served
 from tools.e2e_app import AR_MODEL
@@ -30,8 +31,16 @@ def _delta(before: dict[str, ReplicaReport], after: dict[str, ReplicaReport], ke
     return {rid: getattr(after[rid], key) - (getattr(before[rid], key) if rid in before else 0.0) for rid in after}
 
 
+def _hashed_at_ingress(served: Served) -> tuple[float, int]:
+    """Prompts routed on hashes made at the ingress, over every ingress replica; and how many replicas there are."""
+    texts = served.ingress_metrics()
+    return sum(sample_total(t, "dflash_router_prompts_hashed_total", by="ingress") or 0.0 for t in texts), len(texts)
+
+
 def test_second_turn_lands_on_the_replica_holding_the_first(served: Served):
+    """Routed on block hashes the ingress made in its render pool: the router published how it hashes."""
     client = openai.OpenAI(base_url=served.v1, api_key="unused", max_retries=0, timeout=300)
+    hashed_at_ingress, _ = _hashed_at_ingress(served)
     stats = served.replica_reports(AR_MODEL)
     assert len(stats) == 2, "the routing tests need two replicas"
     first_turn_replica: dict[str, str] = {}
@@ -56,3 +65,7 @@ def test_second_turn_lands_on_the_replica_holding_the_first(served: Served):
         assert all(h == 0 for rid, h in hits.items() if rid != home), (topic, hits, home)
         stats = stats_after
     assert len(set(first_turn_replica.values())) == 2, "new conversations were not spread over both replicas"
+    # Hashed at the ingress: all but, per ingress replica's router, the request before it first said how it hashes
+    # and the one after its replicas first reported their geometry.
+    hashed_now, ingresses = _hashed_at_ingress(served)
+    assert hashed_now - hashed_at_ingress >= 2 * len(TOPICS) - 2 * ingresses

@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import pytest
 
-from contracts.engine_report import BlockGeometry, ReplicaReport, ReportError, RoutingHint
+from contracts.engine_report import BlockGeometry, PromptHashing, ReplicaReport, ReportError, RoutingHint
 
 
 def _report(**update: object) -> ReplicaReport:
@@ -60,6 +60,17 @@ def test_hint_of_accepts_a_by_value_copy_and_refuses_what_is_not_a_hint():
         session_key = "s"
 
     assert RoutingHint.of(Copy()) == RoutingHint((1, 2), "s")
+
+    class HashedCopy(Copy):  # and one the ingress hashed: its spec a by-value copy as well
+        block_hashes = (7, 8)
+
+        class hashed:  # stands for an instance: the fields are what RoutingHint.of reads
+            geometry = BlockGeometry(16, 32, 64)
+            max_blocks = 4
+            seed = "seed"
+
+    hashing = PromptHashing(BlockGeometry(16, 32, 64), 4, "seed")
+    assert RoutingHint.of(HashedCopy()) == RoutingHint((1, 2), "s", (7, 8), hashing)
     assert RoutingHint.of(None) is None
     with pytest.raises(TypeError):
         RoutingHint.of(object())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from contracts.engine_report import BlockGeometry, RoutingHint
+from contracts.engine_report import BlockGeometry, PromptHashing, RoutingHint
 from routing.events import BlocksStored, ReplicaSnapshot
 from routing.hashing import block_hashes
 from routing.policies import PrefixPolicy, RoundRobinPolicy
@@ -33,6 +33,24 @@ def test_hashes_in_the_geometry_the_replicas_report_and_vllms_default_before():
     request = router.request("b", RoutingHint(PROMPT), [*_views("r1", geometry=None), *_views("r2")])
     assert request.block_hashes == tuple(block_hashes(PROMPT, GEOMETRY))
     assert router.geometry == GEOMETRY
+
+
+def test_hashes_made_as_the_router_hashes_are_taken_and_any_others_are_remade():
+    router = Router(PrefixPolicy(), max_prefix_blocks=8, none_hash_seed="seed")
+    replicas = _views("r1")
+    router.request("first", None, replicas)  # the replicas' geometry is learnt
+    assert router.hashing == PromptHashing(GEOMETRY, 8, "seed")
+    made = (11, 12, 13)  # not the prompt's: the router cannot have made these itself
+    assert router.request("a", RoutingHint(PROMPT, None, made, router.hashing), replicas).block_hashes == made
+    own = tuple(block_hashes(PROMPT, GEOMETRY, seed="seed")[:8])
+    for other in (
+        PromptHashing(BlockGeometry.DEFAULT, 8, "seed"),  # before the ingress heard of the replicas' geometry
+        PromptHashing(GEOMETRY, 4, "seed"),
+        PromptHashing(GEOMETRY, 8, "other seed"),
+        None,  # not hashed at the ingress
+    ):
+        assert router.request(f"b{other}", RoutingHint(PROMPT, None, made, other), replicas).block_hashes == own
+    assert router.hashed == {"ingress": 1, "router": 4}
 
 
 def test_max_prefix_blocks_bounds_the_hashed_prompt_and_no_hint_routes_cold():
