@@ -22,6 +22,7 @@ import math
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from contracts.engine_report import BlockGeometry, PromptHashing, RoutingHint
 from routing.events import KvEvent
@@ -99,8 +100,8 @@ class Router:
         hashes: tuple[BlockHash, ...] = ()
         session = None
         if hint is not None:
-            if hint.hashed is not None and hint.hashed == self.hashing:
-                hashes = tuple(BlockHash(h) for h in hint.block_hashes)
+            if hint.hashed == self.hashing:
+                hashes = cast(tuple[BlockHash, ...], hint.block_hashes)  # BlockHash is int: nothing to convert
                 self.hashed["ingress"] += 1
             elif hint.token_ids:
                 hashes = tuple(self._hasher.hashes(hint.token_ids, self.geometry, self.max_prefix_blocks))
