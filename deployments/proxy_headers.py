@@ -3,13 +3,11 @@
 Serve's proxy (ray/serve/_private/proxy.py) reads request headers as instructions: ``x-request-id`` becomes
 its request id (in its access log, echoed to the client, passed to our replicas), and
 ``serve_multiplexed_model_id`` steers its routing to ingress replicas. Both come from the client. This
-middleware runs in the proxy ahead of Serve's own (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` names
-:func:`proxy_middlewares`; a callback's middlewares wrap Serve's request-id middleware,
-ray/serve/_private/http_util.py ``_apply_middlewares``): it keeps a client's request id only when it is one
-short token of safe characters (otherwise Serve makes a fresh one) and drops the multiplexing header, which
-this app does not use. ``x-session-id``, which Serve also reads, stays: it is this app's session-affinity
-key (the ingress routes a session's turns to one engine replica), and Serve only keeps the session on one
-ingress replica with it.
+middleware runs in the proxy ahead of Serve's own (``deployments/proxy_callback.py``): it keeps a client's
+request id only when it is one short token of safe characters (otherwise Serve makes a fresh one) and drops
+the multiplexing header, which this app does not use. ``x-session-id``, which Serve also reads, stays: it is
+this app's session-affinity key (the ingress routes a session's turns to one engine replica), and Serve only
+keeps the session on one ingress replica with it.
 
 The ingress checks the id again (:func:`request_id`) for a request that reaches it another way."""
 
@@ -19,13 +17,7 @@ import re
 import uuid
 from typing import Any
 
-from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-# How Ray is told to load this module's middlewares into every proxy: the environment of `ray start` (the
-# image sets it) or of a local ray.init (tools/serve.py).
-PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
-PROXY_CALLBACK = "deployments.proxy_headers:proxy_middlewares"
 
 # What a client's x-request-id may be: it is logged, echoed to the engines and used in their request ids.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -69,8 +61,3 @@ class ClientHeaderGuard:
             if len(kept) != len(headers):
                 scope = {**scope, "headers": kept}
         await self._app(scope, receive, send)
-
-
-def proxy_middlewares() -> list[Middleware]:
-    """Serve's proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``): the middlewares it adds."""
-    return [Middleware(ClientHeaderGuard)]

@@ -50,17 +50,20 @@ RAY_SYSTEM_CONFIG = {"process_group_cleanup_enabled": True}
 
 
 def ray_environment() -> dict[str, str]:
-    """What every process Ray starts here needs in its environment: Serve's proxies load our client-header
-    guard (deployments/proxy_headers.py), as the image's environment has them load it under `ray start`."""
-    from deployments.proxy_headers import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+    """What every process Ray starts here needs in its environment, as the image's environment has it under
+    `ray start`: how Serve runs our replicas and proxies (deployments/serve_environment.py)."""
+    from deployments.serve_environment import SERVE_ENVIRONMENT
 
-    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK}
+    return dict(SERVE_ENVIRONMENT)
 
 
 def start_ray(num_cpus: int | None) -> None:
     import ray
 
-    os.environ.update(ray_environment())  # inherited by the GCS, the raylet and every worker it starts
+    # Inherited by the GCS, the raylet and every worker it starts; a value already set (a benchmark trying
+    # another Serve mode) is kept.
+    for name, value in ray_environment().items():
+        os.environ.setdefault(name, value)
     # Logical CPUs: engine replicas reserve whole CPUs but mostly wait on their engine process.
     ray.init(
         address="local",

@@ -50,6 +50,7 @@ from deployments.ingress.validation import (
     unknown_model,
     validated_request,
 )
+from deployments.proxy_body import carried_body
 from deployments.proxy_headers import request_id
 from deployments.router.replica_counts import running_replicas
 
@@ -220,6 +221,7 @@ class Ingress:
         model_label = "unknown"
         try:
             caller = await self._authorize(request)
+            self._metrics.bodies.labels("carried" if carried_body(request.scope) is not None else "fetched").inc()
             body = await read_json_body(
                 request, self._config.ingress.max_body_bytes, self._config.ingress.body_read_timeout_s
             )

@@ -90,6 +90,13 @@ class IngressMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.bodies = Counter(
+            "dflash_serve_request_bodies",
+            "Generation request bodies by how the ingress got them: carried in the request by Serve's proxy "
+            "(deployments/proxy_body.py) or fetched from the proxy in a second call.",
+            ["how"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "dflash_serve_request_duration_seconds",
             "Time from request arrival at the ingress to its last response byte.",

@@ -20,6 +20,7 @@ from starlette.requests import Request
 
 from config.front import MediaConfig, RequestLimits
 from deployments.ingress.errors import ApiError, from_validation_error
+from deployments.proxy_body import carried_body
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +34,17 @@ async def read_json_body(request: Request, limit: int, timeout_s: float) -> dict
 
     The declared length is checked first and the stream is counted as it arrives, so an oversized
     body is never held in memory whole; the deadline frees the connection of a client that sends a
-    body slowly or never finishes it.
+    body slowly or never finishes it. A body Serve's proxy carried in the request (``deployments/proxy_body.py``)
+    is taken from there, with no round trip back to the proxy.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"Request body of {declared} bytes exceeds the {limit}-byte limit.", code="body_too_large")
+    carried = carried_body(request.scope)
+    if carried is not None:
+        if len(carried) > limit:
+            raise ApiError(413, f"Request body exceeds the {limit}-byte limit.", code="body_too_large")
+        return parse_json(carried)
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout_s):

@@ -20,6 +20,7 @@ import openai
 import pytest
 
 from bench.attacks import attacks, run_attack, slowloris
+from bench.prom import sample_total
 from deployments.ingress.validation import parsed_request, validated_request
 from tests.e2e.served import Served
 from tools.e2e_app import AR_MODEL, DFLASH_MODEL
@@ -77,6 +78,22 @@ def test_chat_stream_equals_non_stream(served: Served):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 32
+
+
+def test_a_small_body_rides_with_the_request(served: Served):
+    """Serve's proxy carries a chat's body in the call that starts it (deployments/proxy_body.py): the ingress
+    takes it from there and fetches nothing back from the proxy."""
+
+    def bodies(how: str) -> float:
+        texts = served.ingress_metrics()
+        return sum(sample_total(t, "dflash_serve_request_bodies_total", how=how) or 0.0 for t in texts)
+
+    before = bodies("carried"), bodies("fetched")
+    reply = _client(served).chat.completions.create(
+        model=AR_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert reply.choices[0].message.content is not None
+    assert (bodies("carried"), bodies("fetched")) == (before[0] + 1, before[1])
 
 
 def test_completions_stream_equals_non_stream(served: Served):

@@ -6,7 +6,8 @@ import re
 
 from ray._common.utils import import_attr
 
-from deployments.proxy_headers import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+from deployments.proxy_callback import PROXY_CALLBACK_ENV
+from deployments.serve_environment import SERVE_ENVIRONMENT
 from tests.paths import REPO_ROOT
 
 
@@ -16,8 +17,9 @@ def test_dockerfile_copies_every_package():
     assert copied == packages
 
 
-def test_every_proxy_in_the_image_loads_the_client_header_guard():
-    """Serve reads its proxy callback from the environment of `ray start`, which runs in the image."""
+def test_every_ray_process_in_the_image_runs_serve_as_tested():
+    """Serve reads its settings and its proxy callback from the environment of `ray start`, which runs in the
+    image: the image's environment has every value the tests run with (tools/serve.py sets the same)."""
     env = dict(re.findall(r"^ENV (\w+)=(\S+)$", (REPO_ROOT / "Dockerfile").read_text(), flags=re.M))
-    assert env.get(PROXY_CALLBACK_ENV) == PROXY_CALLBACK
-    assert callable(import_attr(PROXY_CALLBACK))
+    assert {name: env.get(name) for name in SERVE_ENVIRONMENT} == SERVE_ENVIRONMENT
+    assert callable(import_attr(env[PROXY_CALLBACK_ENV]))

@@ -9,7 +9,8 @@ import pytest
 from ray.serve._private.http_util import _apply_middlewares
 from starlette.middleware import Middleware
 
-from deployments.proxy_headers import ClientHeaderGuard, proxy_middlewares, request_id
+from deployments.proxy_callback import proxy_middlewares
+from deployments.proxy_headers import ClientHeaderGuard, request_id
 
 SAFE_ID = "abc-123_x.y:z"
 

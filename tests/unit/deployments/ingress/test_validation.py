@@ -27,6 +27,7 @@ from deployments.ingress.validation import (
     unknown_model,
     validated_request,
 )
+from deployments.proxy_body import BODY_SCOPE_KEY
 
 LIMITS = RequestLimits(max_n=4, max_prompts=3, max_output_tokens=1000)
 MAX_MODEL_LEN = 200
@@ -229,6 +230,17 @@ def test_body_size_limit_by_declared_length_and_by_stream():
     assert _status(lambda: asyncio.run(read_json_body(declared, limit=10, timeout_s=10))) == (413, "body_too_large")
     streamed = _request(body)
     assert _status(lambda: asyncio.run(read_json_body(streamed, limit=10, timeout_s=10))) == (413, "body_too_large")
+
+
+def test_a_body_the_proxy_carried_is_read_from_the_request_not_fetched():
+    async def receive() -> dict:
+        raise AssertionError("a carried body is not fetched again")
+
+    body = b'{"model": "m"}'
+    carried = Request({"type": "http", "method": "POST", "headers": [], BODY_SCOPE_KEY: body}, receive)
+    assert asyncio.run(read_json_body(carried, limit=len(body), timeout_s=10)) == {"model": "m"}
+    too_large = Request({"type": "http", "method": "POST", "headers": [], BODY_SCOPE_KEY: body}, receive)
+    assert _status(lambda: asyncio.run(read_json_body(too_large, limit=5, timeout_s=10))) == (413, "body_too_large")
 
 
 def test_model_must_be_named_and_served():
