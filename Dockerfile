@@ -48,11 +48,13 @@ ENV HOME=/home/ray
 # Serve's HTTP proxy on every node runs our middlewares (deployments/proxy_callback.py): the guard of the
 # headers it takes as controls (x-request-id, serve_multiplexed_model_id), and the body read-ahead.
 ENV RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy_callback:proxy_middlewares
-# Each replica runs our code and its handles' routers on its own event loop, and the proxy calls the ingress
-# over Serve's gRPC transport: deployments/serve_environment.py says why (the same values, checked by a test).
+# Each replica runs our code and its handles' routers on its own event loop, the proxy calls the ingress over
+# Serve's gRPC transport, whose messages may be as large as a request: deployments/serve_environment.py says
+# why (the same values, checked by a test).
 ENV RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0
 ENV RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0
 ENV RAY_SERVE_PROXY_USE_GRPC=1
+ENV RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH=268435456
 
 # Ray's launcher runs `docker run ... bash` and KubeRay its own command: no `vllm serve` entrypoint.
 ENTRYPOINT []

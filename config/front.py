@@ -8,6 +8,11 @@ from pydantic import Field
 
 from config.base import Strict
 
+# The largest message Serve's gRPC transport carries between our processes (deployments/serve_environment.py
+# gives every Ray process this limit; Serve's own default, 4 MiB, is below the default body limit). A request
+# crosses it whole, with its prompt's token ids; an answer that is not streamed, whole too.
+SERVE_MESSAGE_BYTES = 256 * 1024 * 1024
+
 
 class AuthConfig(Strict):
     """API keys and per-key rate limits (docs/reliability.md).
@@ -196,7 +201,13 @@ class IngressConfig(Strict):
         description="Longest a stream may go without a chunk from its engine before the ingress ends it with an "
         "error event (an engine stalled mid-stream must not hold the client, its admission slot and its budget).",
     )
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        le=SERVE_MESSAGE_BYTES // 4,
+        description="Largest request body accepted (at most a quarter of the largest message between the app's "
+        "processes: the request travels on with its prompt's token ids).",
+    )
     body_read_timeout_s: float = Field(
         30, gt=0, description="Longest a request's body may take to arrive after its headers (then 408)."
     )

@@ -245,6 +245,27 @@ def test_image_chat_with_dflash_is_lossless(served: Served):
     assert ask(AR_MODEL, (20, 20, 220))[0] != red_ar
 
 
+def test_a_request_larger_than_serves_default_message_reaches_the_engine(served: Served):
+    """An incompressible image as a ``data:`` URL, under the body limit but over the 4 MiB Serve's gRPC transport
+    takes by default: answered, not failed between the ingress and the engine (deployments/serve_environment.py)."""
+    import base64
+    import io
+    import os
+
+    from PIL import Image
+
+    side = 1200
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buf, format="PNG", compress_level=0)
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    assert 4 * 1024 * 1024 < len(url) < served.config.ingress.max_body_bytes - 1024
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this?"}]
+    reply = _client(served).chat.completions.create(
+        model=AR_MODEL, messages=[{"role": "user", "content": content}], max_tokens=2
+    )
+    assert reply.usage.prompt_tokens > 70, "the image did not reach the engine"
+
+
 @contextlib.contextmanager
 def _recording_server() -> Iterator[tuple[int, list[str]]]:
     """An HTTP server on the nodes' network (the SSRF target): its port, and the paths it was asked for."""
